@@ -1,0 +1,46 @@
+"""kvmap: an embedded key-value store.  A copy-on-write B+tree page file read through mmap.
+
+>>> import tempfile, kvmap
+>>> db = kvmap.open(tempfile.mkdtemp() + "/db", page_size=512)
+>>> db.put(b"a", b"1"); db[b"b"] = b"2"
+>>> list(db.items())
+[(b'a', b'1'), (b'b', b'2')]
+>>> db.close()
+"""
+
+from .db import Database, open
+from .errors import (
+    CorruptionError,
+    DatabaseClosedError,
+    DatabaseLockedError,
+    Error,
+    FatalError,
+    KeyTooLargeError,
+    NestedWriteError,
+    ReadersFullError,
+    ReadOnlyError,
+    TxnClosedError,
+    ValueTooLargeError,
+)
+from .txn import Snapshot, WriteTxn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Database",
+    "Snapshot",
+    "WriteTxn",
+    "Error",
+    "CorruptionError",
+    "DatabaseClosedError",
+    "DatabaseLockedError",
+    "FatalError",
+    "KeyTooLargeError",
+    "NestedWriteError",
+    "ReadersFullError",
+    "ReadOnlyError",
+    "TxnClosedError",
+    "ValueTooLargeError",
+    "__version__",
+]

@@ -1,0 +1,76 @@
+"""Every exception kvmap raises on purpose lives here, under :class:`Error`.
+
+Wrong argument *types* are not kvmap errors: they raise the built-in :class:`TypeError`
+with a message naming the type given, as Python users expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Error",
+    "CorruptionError",
+    "ReadOnlyError",
+    "TxnClosedError",
+    "DatabaseClosedError",
+    "NestedWriteError",
+    "KeyTooLargeError",
+    "ValueTooLargeError",
+    "ReadersFullError",
+    "DatabaseLockedError",
+    "FatalError",
+]
+
+
+class Error(Exception):
+    """Base class of every kvmap error; ``except kvmap.Error`` catches them all."""
+
+
+class CorruptionError(Error):
+    """Raised when bytes read from disk fail a check: a page or meta checksum, a page number
+    or type that does not match where it was found, a cell that runs past its page, a tree
+    that violates ordering, or a file shorter than its meta page claims.  kvmap never returns
+    data it could not verify; it raises this instead."""
+
+
+class ReadOnlyError(Error):
+    """Raised when a write is attempted through a read snapshot (``begin()`` without
+    ``write=True``) or on a database opened with ``readonly=True``."""
+
+
+class TxnClosedError(Error):
+    """Raised when a transaction or snapshot is used after ``commit()``, ``abort()``, the end
+    of its ``with`` block, or after its database was closed."""
+
+
+class DatabaseClosedError(Error):
+    """Raised when a :class:`~kvmap.Database` is used after ``close()``."""
+
+
+class NestedWriteError(Error):
+    """Raised when a thread that already holds the write transaction asks for another one
+    (``begin(write=True)``, or an autocommit ``put``/``delete``): it would wait on itself."""
+
+
+class KeyTooLargeError(Error, ValueError):
+    """Raised when a key is longer than ``db.max_key_size`` (1004 bytes at the default page
+    size of 4096)."""
+
+
+class ValueTooLargeError(Error, ValueError):
+    """Raised when a value is longer than ``kvmap.format.MAX_VALUE_SIZE`` (2 GiB - 1)."""
+
+
+class ReadersFullError(Error):
+    """Raised when a new read snapshot cannot get a slot in the reader table."""
+
+
+class DatabaseLockedError(Error):
+    """Raised when another handle (in this or another process) holds the database's writer
+    lock and ``lock_timeout`` expired (or was 0)."""
+
+
+class FatalError(Error):
+    """Raised when a write or sync to the data file failed (disk full, I/O error).  The
+    transaction that hit it did not commit, and the handle refuses all further use: close it
+    and reopen the database, which recovers to the last committed state.  The first raise
+    carries the ``OSError`` as ``__cause__``."""

@@ -1,0 +1,93 @@
+"""The one file layer: every write, sync, truncate, rename and mmap kvmap performs.
+
+Nothing else in kvmap calls ``os.pwrite``, ``os.fsync``, ``os.ftruncate``, ``os.replace`` or
+``mmap.mmap`` directly; they all go through the :class:`FileSystem` that is *installed*.
+Tests install a subclass that records the operations (to build crash states) or fails the
+N-th one (fault injection) with :func:`installed`.  Mappings are read-only: pages reach the
+file only through :meth:`FileSystem.pwrite`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from collections.abc import Iterator
+
+
+class FileSystem:
+    """Thin, overridable wrappers over the system calls kvmap uses.  Each raises ``OSError``
+    exactly as the system call does."""
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        """Open ``path`` with ``os.open`` flags; returns a file descriptor."""
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def close(self, fd: int) -> None:
+        """Close a file descriptor."""
+        os.close(fd)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (looping over short writes)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            if n <= 0:  # pragma: no cover - the kernel reports errors by raising
+                raise OSError("short write")
+            view = view[n:]
+            offset += n
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        """Read up to ``size`` bytes at ``offset``."""
+        return os.pread(fd, size, offset)
+
+    def fdatasync(self, fd: int) -> None:
+        """Make the file's data (and its size) durable."""
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        """Make the file's data and metadata durable."""
+        os.fsync(fd)
+
+    def truncate(self, fd: int, size: int) -> None:
+        """Set the file's size (growing leaves a hole that reads as zeros)."""
+        os.ftruncate(fd, size)
+
+    def size(self, fd: int) -> int:
+        """The file's current size in bytes."""
+        return os.fstat(fd).st_size
+
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` by ``src``."""
+        os.replace(src, dst)
+
+    def fsync_dir(self, path: str) -> None:
+        """Make a directory's entries (a create or rename inside it) durable."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def mmap(self, fd: int, length: int, offset: int) -> mmap.mmap:
+        """Map ``length`` bytes of the file at ``offset``, read-only."""
+        return mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
+
+
+_installed: FileSystem = FileSystem()
+
+
+def fs() -> FileSystem:
+    """The :class:`FileSystem` new handles use."""
+    return _installed
+
+
+@contextlib.contextmanager
+def installed(filesystem: FileSystem) -> Iterator[FileSystem]:
+    """Use ``filesystem`` for every database opened inside the ``with`` block."""
+    global _installed
+    previous, _installed = _installed, filesystem
+    try:
+        yield filesystem
+    finally:
+        _installed = previous

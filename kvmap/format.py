@@ -1,0 +1,158 @@
+"""The on-disk format: every magic number, struct and size, in one place.
+
+The byte tables in ``docs/format.md`` are the specification; this module implements them
+and ``tests/test_format.py`` checks that the two agree (each table row names a struct field
+defined here, at the offset and size given).  Change both together and bump
+:data:`FORMAT_VERSION` whenever bytes on disk change meaning.
+
+All integers are little-endian.  A data file is an array of ``page_size`` pages.  Every page
+starts with the 24-byte page header (docs/format.md, "Page header").
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+FORMAT_VERSION: Final = 1
+MAGIC: Final = b"KVMAPDB\x00"
+
+DATA_FILE: Final = "kvmap.data"
+LOCK_FILE: Final = "kvmap.lock"
+
+MIN_PAGE_SIZE: Final = 512
+MAX_PAGE_SIZE: Final = 65536
+DEFAULT_PAGE_SIZE: Final = 4096
+
+# -- page header (docs/format.md "Page header") -------------------------------------------
+#   0  u32 checksum  crc32c of every byte of the page (or run) after this field
+#   4  u8  type      one of the PAGE_* constants
+#   5  u8  flags     0; reserved
+#   6  u16 count     cells in a leaf/branch page; 0 otherwise
+#   8  u64 pgno      the page's own number
+#  16  u64 txnid     the transaction that wrote the page
+PAGE_HEADER: Final = struct.Struct("<IBBHQQ")
+PAGE_HEADER_SIZE: Final = PAGE_HEADER.size  # 24
+CHECKSUM: Final = struct.Struct("<I")
+
+PAGE_META: Final = 1
+PAGE_BRANCH: Final = 2
+PAGE_LEAF: Final = 3
+PAGE_OVERFLOW: Final = 4
+PAGE_FREELIST: Final = 5
+PAGE_TYPE_NAMES: Final = {
+    PAGE_META: "meta",
+    PAGE_BRANCH: "branch",
+    PAGE_LEAF: "leaf",
+    PAGE_OVERFLOW: "overflow",
+    PAGE_FREELIST: "freelist",
+}
+
+# -- meta page body, at offset 24 of pages 0 and 1 (docs/format.md "Meta page") ------------
+#  24  8s  magic        MAGIC
+#  32  u32 version      FORMAT_VERSION
+#  36  u32 page_size    bytes per page, a power of two in [512, 65536]
+#  40  u64 root         page number of the tree's root; 0 for an empty tree
+#  48  u64 freelist     first page of the freelist run; 0 when nothing is free
+#  56  u64 hwm          high-water mark: pages below it are in use or free
+#  64  u64 entries      number of keys in the tree
+#  72  u32 depth        levels in the tree (0 empty, 1 a single leaf)
+#  76  u32 flags        0; reserved
+#  80  u64 wal_seq      last commit sequence folded into the tree (0 until a WAL exists)
+#  88  u64 wal_salt     WAL generation the tree continues from (0 until a WAL exists)
+#  96  ...              zero up to the end of the page
+META_BODY: Final = struct.Struct("<8sIIQQQQIIQQ")
+META_OFFSET: Final = PAGE_HEADER_SIZE
+META_END: Final = META_OFFSET + META_BODY.size  # 96
+
+# -- leaf page (docs/format.md "Leaf page") ------------------------------------------------
+#  24        u16[n] key lengths
+#  24+2n     u16[n] value lengths; bit 15 set: the cell holds an overflow reference
+#  24+4n     keys, concatenated
+#  ...       values, concatenated (an overflow reference is OVERFLOW_REF: the run's first page)
+VALUE_OVERFLOW_BIT: Final = 0x8000
+OVERFLOW_REF: Final = struct.Struct("<Q")  # first page of the run holding the value
+LEAF_CELL_OVERHEAD: Final = 4  # u16 key length + u16 value length
+
+# -- branch page (docs/format.md "Branch page") --------------------------------------------
+#  24        u16[n] key lengths (key 0 is always stored empty: the lower bound is the parent's)
+#  24+2n     u64[n] child page numbers
+#  24+10n    keys, concatenated
+BRANCH_CELL_OVERHEAD: Final = 10  # u16 key length + u64 child
+
+# -- overflow run (docs/format.md "Overflow run") ------------------------------------------
+#  24  u64 length   bytes of value that follow
+#  32  ...          the value; the run spans ceil((32 + length) / page_size) pages
+#  The checksum in the header covers the whole run (all of its pages, from byte 4).
+RUN_LENGTH: Final = struct.Struct("<Q")
+RUN_DATA_OFFSET: Final = PAGE_HEADER_SIZE + RUN_LENGTH.size  # 32
+
+# -- freelist run (docs/format.md "Freelist run") ------------------------------------------
+#  A run like an overflow run (type PAGE_FREELIST) whose payload is:
+#   0  u64 nfree     reusable page numbers that follow
+#   8  u64 ngroups   pending groups that follow them
+#  16  u64[nfree]    reusable pages, ascending
+#  ... per group:    u64 txnid, u64 n, u64[n] pages freed by that transaction
+FREELIST_HEAD: Final = struct.Struct("<QQ")
+U64: Final = struct.Struct("<Q")
+
+MAX_VALUE_SIZE: Final = 2**31 - 1
+
+_arrays: dict[str, struct.Struct] = {}
+
+
+def array(code: str, n: int) -> struct.Struct:
+    """A cached little-endian ``struct.Struct`` for ``n`` items of type ``code``.
+
+    >>> array("H", 3).size
+    6
+    """
+    fmt = f"<{n}{code}"
+    s = _arrays.get(fmt)
+    if s is None:
+        if len(_arrays) > 4096:
+            _arrays.clear()
+        s = _arrays[fmt] = struct.Struct(fmt)
+    return s
+
+
+def usable_size(page_size: int) -> int:
+    """Bytes of a page available for cells: the page minus its header.
+
+    >>> usable_size(4096)
+    4072
+    """
+    return page_size - PAGE_HEADER_SIZE
+
+
+def max_inline_cell(page_size: int) -> int:
+    """The largest leaf or branch cell (lengths + key + inline value) a page holds.
+
+    Every cell fits in a quarter of a page, so a page that overflows has at least five cells
+    and splitting it always yields non-empty halves.
+
+    >>> max_inline_cell(4096)
+    1018
+    """
+    return usable_size(page_size) // 4
+
+
+def max_key_size(page_size: int) -> int:
+    """Longest key accepted: a leaf cell with this key and an overflow reference still fits
+    in :func:`max_inline_cell`, and so does a branch cell.
+
+    >>> max_key_size(4096), max_key_size(512)
+    (1006, 110)
+    """
+    return max_inline_cell(page_size) - LEAF_CELL_OVERHEAD - OVERFLOW_REF.size
+
+
+def valid_page_size(page_size: int) -> bool:
+    """True when ``page_size`` is a power of two in [512, 65536].
+
+    >>> valid_page_size(4096), valid_page_size(1000), valid_page_size(256)
+    (True, False, False)
+    """
+    return (
+        MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0
+    )
