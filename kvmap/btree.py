@@ -142,7 +142,7 @@ class TreeWriter:
                 f"page {pgno}: a {'branch' if leaf else 'leaf'} where the tree's depth "
                 f"needs a {'leaf' if leaf else 'branch'}"
             )
-        return node  # type: ignore[no-any-return]
+        return node
 
     # -- batched update ----------------------------------------------------------------
     def apply(self, root: int, depth: int, ops: list[Op]) -> tuple[int, int]:
@@ -228,7 +228,7 @@ class TreeWriter:
             if i < len(keys) and keys[i] == k:
                 old = vals[i]
                 if old.__class__ is Ovf:
-                    self.free_value(old)  # type: ignore[arg-type]
+                    self.free_value(old)
                 if v is None:
                     del keys[i]
                     del vals[i]
@@ -257,45 +257,51 @@ class TreeWriter:
         for a branch, ``keys`` is the list of (separator, child) entries and ``vals`` is
         None.  Returns the (separator, page) entries of the new pages, the first separator
         being ``lo``.  Pieces are balanced, or filled completely when ``appending``."""
-        if vals is None:
+        branch = vals is None
+        if branch:
             entries: list[tuple[bytes, int]] = keys  # type: ignore[assignment]
             seps = [k for k, _ in entries]
-            kids = [c for _, c in entries]
-            sizes = [BRANCH_CELL_OVERHEAD + len(k) for k in seps]
-            sizes[0] = BRANCH_CELL_OVERHEAD
+            kids: list[int] | None = [c for _, c in entries]
+            # a page's first separator is stored empty
+            total = BRANCH_CELL_OVERHEAD * len(seps) + sum(map(len, seps)) - len(seps[0])
         else:
             seps = keys  # type: ignore[assignment]
-            sizes = [LEAF_CELL_OVERHEAD + len(k) + len(v) for k, v in zip(seps, vals)]
-        total = sum(sizes)
+            kids = None
+            total = LEAF_CELL_OVERHEAD * len(seps) + sum(map(len, seps)) + sum(map(len, vals))  # type: ignore[arg-type]
         usable = self.usable
-        if total <= usable:
-            bounds = [0, len(sizes)]
+        if total <= usable:  # the common case: one page, no per-cell sizes needed
+            pg = self.new_node(seps, vals, kids)
+            if branch:
+                self.dirty[pg].keys[0] = b""
+            return [(lo, pg)]
+        if branch:
+            sizes = [BRANCH_CELL_OVERHEAD + len(k) for k in seps]
         else:
-            target = usable if appending else -(-total // -(-total // usable))
-            branch = vals is None
-            bounds = [0]
-            acc = 0
-            last = len(sizes) - 1
-            for i, s in enumerate(sizes):
-                if branch and acc == 0:
-                    s = BRANCH_CELL_OVERHEAD  # a page's first separator is stored empty
-                if acc + s > usable:
-                    bounds.append(i)
-                    acc = BRANCH_CELL_OVERHEAD if branch else s
-                else:
-                    acc += s
-                if acc >= target and i < last:
-                    bounds.append(i + 1)
-                    acc = 0
-            bounds.append(len(sizes))
+            sizes = [LEAF_CELL_OVERHEAD + len(k) + len(v) for k, v in zip(seps, vals)]  # type: ignore[arg-type]
+        target = usable if appending else -(-total // -(-total // usable))
+        bounds = [0]
+        acc = 0
+        last = len(sizes) - 1
+        for i, s in enumerate(sizes):
+            if branch and acc == 0:
+                s = BRANCH_CELL_OVERHEAD  # a page's first separator is stored empty
+            if acc + s > usable:
+                bounds.append(i)
+                acc = BRANCH_CELL_OVERHEAD if branch else s
+            else:
+                acc += s
+            if acc >= target and i < last:
+                bounds.append(i + 1)
+                acc = 0
+        bounds.append(len(sizes))
         out = []
         for a, b in zip(bounds, bounds[1:]):
-            if vals is None:
-                pg = self.new_node(seps[a:b], None, kids[a:b])
+            if branch:
+                pg = self.new_node(seps[a:b], None, kids[a:b])  # type: ignore[index]
             else:
-                pg = self.new_node(seps[a:b], vals[a:b], None)
+                pg = self.new_node(seps[a:b], vals[a:b], None)  # type: ignore[index]
             out.append((seps[a] if a else lo, pg))
-        if vals is None:
+        if branch:
             for _, pg in out:
                 self.dirty[pg].keys[0] = b""
         return out

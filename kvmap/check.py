@@ -68,13 +68,19 @@ def check(pager: Pager, meta: Meta) -> dict[str, Any]:
                     raise CorruptionError(f"page {pgno}: keys out of order ({a!r} >= {b!r})")
             if len(keys) > first:
                 if lo is not None and keys[first] < lo:
-                    raise CorruptionError(f"page {pgno}: key {keys[first]!r} below its parent's bound {lo!r}")
+                    raise CorruptionError(
+                        f"page {pgno}: key {keys[first]!r} below its parent's bound {lo!r}"
+                    )
                 if hi is not None and keys[-1] >= hi:
-                    raise CorruptionError(f"page {pgno}: key {keys[-1]!r} not below its parent's bound {hi!r}")
+                    raise CorruptionError(
+                        f"page {pgno}: key {keys[-1]!r} not below its parent's bound {hi!r}"
+                    )
             if node.kids is None:
                 counts["leaf"] += 1
                 if depth != meta.depth:
-                    raise CorruptionError(f"page {pgno}: a leaf at depth {depth}, tree depth is {meta.depth}")
+                    raise CorruptionError(
+                        f"page {pgno}: a leaf at depth {depth}, tree depth is {meta.depth}"
+                    )
                 if not keys:
                     raise CorruptionError(f"page {pgno}: empty leaf")
                 entries += len(keys)
@@ -89,7 +95,9 @@ def check(pager: Pager, meta: Meta) -> dict[str, Any]:
             else:
                 counts["branch"] += 1
                 if depth >= meta.depth:
-                    raise CorruptionError(f"page {pgno}: a branch at depth {depth}, tree depth is {meta.depth}")
+                    raise CorruptionError(
+                        f"page {pgno}: a branch at depth {depth}, tree depth is {meta.depth}"
+                    )
                 kids = node.kids
                 for i, child in enumerate(kids):
                     clo = lo if i == 0 else keys[i]

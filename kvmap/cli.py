@@ -32,8 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
             for k in keys:
                 txn.put(k, b"profile-of-" + k)
         dt = time.perf_counter() - t
-        print(f"  wrote {n} keys in random order in one transaction: {dt:.2f} s "
-              f"({n / dt:,.0f} puts/s)")
+        print(
+            f"  wrote {n} keys in random order in one transaction: {dt:.2f} s "
+            f"({n / dt:,.0f} puts/s)"
+        )
         t = time.perf_counter()
         for k in keys:
             assert db[k] == b"profile-of-" + k
@@ -47,11 +49,15 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  full ordered scan of {count} items: {dt:.3f} s")
         with db.begin() as snap:
             del db[keys[0]]
-            print(f"  deleted {keys[0].decode()}; an older snapshot still sees it: "
-                  f"{keys[0] in snap}, the database does not: {keys[0] in db}")
+            print(
+                f"  deleted {keys[0].decode()}; an older snapshot still sees it: "
+                f"{keys[0] in snap}, the database does not: {keys[0] in db}"
+            )
         stats = db.stats()
-        print(f"  {stats['entries']} entries, depth {stats['depth']}, "
-              f"{stats['file_size'] / 1024:.0f} KiB file, pages: {stats['pages']}")
+        print(
+            f"  {stats['entries']} entries, depth {stats['depth']}, "
+            f"{stats['file_size'] / 1024:.0f} KiB file, pages: {stats['pages']}"
+        )
         db.check()
         print("  check(): ok")
     return 0

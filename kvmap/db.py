@@ -328,7 +328,7 @@ class Database:
         try:
             v = lookup(state.pager, state.meta.root, key)  # type: ignore[union-attr]
             if v.__class__ is Ovf:
-                return read_overflow(state.pager, v)  # type: ignore[union-attr, arg-type]
+                return read_overflow(state.pager, v)  # type: ignore[union-attr]
         finally:
             getters[ident] = _IDLE
         return default if v is MISSING else v
@@ -503,8 +503,17 @@ class Database:
                 from .segments import segment_end
 
                 fs.truncate(fd, segment_end(hwm[0] * ps, ps))
-                meta = Meta(txnid, ps, root, 0, hwm[0], entries, depth, state.meta.wal_seq,
-                            state.meta.wal_salt)
+                meta = Meta(
+                    txnid,
+                    ps,
+                    root,
+                    0,
+                    hwm[0],
+                    entries,
+                    depth,
+                    state.meta.wal_seq,
+                    state.meta.wal_salt,
+                )
                 fs.pwrite(fd, meta.encode(), (txnid % 2) * ps)
                 other = meta._replace(txnid=txnid - 1)
                 fs.pwrite(fd, other.encode(), ((txnid - 1) % 2) * ps)

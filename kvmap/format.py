@@ -153,6 +153,4 @@ def valid_page_size(page_size: int) -> bool:
     >>> valid_page_size(4096), valid_page_size(1000), valid_page_size(256)
     (True, False, False)
     """
-    return (
-        MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0
-    )
+    return MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE and page_size & (page_size - 1) == 0

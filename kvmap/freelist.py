@@ -69,9 +69,7 @@ class Freelist:
         """Make reusable every pending group freed by a transaction ``T <= oldest_snapshot``
         (no live snapshot is older than ``T``); all of them when ``oldest_snapshot`` is None
         (nobody is reading).  Returns the number of pages released."""
-        ready = [
-            t for t in self.pending if oldest_snapshot is None or t <= oldest_snapshot
-        ]
+        ready = [t for t in self.pending if oldest_snapshot is None or t <= oldest_snapshot]
         pages: list[int] = []
         for t in ready:
             pages.extend(self.pending.pop(t))
@@ -81,7 +79,10 @@ class Freelist:
     def encode(self) -> bytes:
         """The payload of a freelist run (docs/format.md "Freelist run")."""
         free = sorted(self.free)
-        parts = [FREELIST_HEAD.pack(len(free), len(self.pending)), _array("Q", len(free)).pack(*free)]
+        parts = [
+            FREELIST_HEAD.pack(len(free), len(self.pending)),
+            _array("Q", len(free)).pack(*free),
+        ]
         for txnid in sorted(self.pending):
             group = sorted(self.pending[txnid])
             parts.append(_array("Q", 2 + len(group)).pack(txnid, len(group), *group))
@@ -89,8 +90,10 @@ class Freelist:
 
     def encoded_size(self) -> int:
         """Length of :meth:`encode`'s result, without building it."""
-        return FREELIST_HEAD.size + 8 * len(self.free) + sum(
-            16 + 8 * len(g) for g in self.pending.values()
+        return (
+            FREELIST_HEAD.size
+            + 8 * len(self.free)
+            + sum(16 + 8 * len(g) for g in self.pending.values())
         )
 
     @classmethod
@@ -127,4 +130,3 @@ class Freelist:
         fl.free = list(self.free)
         fl.pending = {t: list(g) for t, g in self.pending.items()}
         return fl
-

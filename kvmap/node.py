@@ -12,6 +12,7 @@ one slice per key and value.
 
 from __future__ import annotations
 
+import struct
 from itertools import accumulate
 
 from crc32c import crc32c
@@ -21,6 +22,7 @@ from .format import (
     BRANCH_CELL_OVERHEAD,
     CHECKSUM,
     LEAF_CELL_OVERHEAD,
+    MAX_PAGE_SIZE,
     OVERFLOW_REF,
     PAGE_BRANCH,
     PAGE_HEADER,
@@ -36,31 +38,42 @@ from .format import array as _array
 _HDR = PAGE_HEADER
 _HDR_SIZE = PAGE_HEADER_SIZE
 _OVF_INLINE = OVERFLOW_REF.size
+_HDR_TAIL = struct.Struct("<" + PAGE_HEADER.format.lstrip("<")[1:])  # the header after its checksum
+_ZEROS = memoryview(bytes(MAX_PAGE_SIZE))
 
 
-class Ovf:
-    """A leaf value stored in an overflow run starting at page ``pgno``.  ``len()`` is the
-    bytes it takes inside the leaf (the reference), not the value's length."""
+class Ovf(bytes):
+    """A leaf value stored in an overflow run starting at page :attr:`pgno`.
 
-    __slots__ = ("pgno",)
+    It *is* the 8-byte reference the leaf cell holds (a ``bytes`` subclass), so a leaf's
+    cell sizes and its encoding need no special case; readers tell it apart from an inline
+    value by ``v.__class__ is Ovf``.
 
-    def __init__(self, pgno: int) -> None:
-        self.pgno = pgno
+    >>> ref = Ovf(7)
+    >>> ref.pgno, len(ref)
+    (7, 8)
+    """
 
-    def __len__(self) -> int:
-        return _OVF_INLINE
+    __slots__ = ()
+
+    def __new__(cls, pgno: int) -> Ovf:
+        return super().__new__(cls, OVERFLOW_REF.pack(pgno))
+
+    @classmethod
+    def from_ref(cls, ref: bytes) -> Ovf:
+        """Wrap the 8 bytes of a reference read from a leaf."""
+        return bytes.__new__(cls, ref)
+
+    @property
+    def pgno(self) -> int:
+        """First page of the run."""
+        return int(OVERFLOW_REF.unpack(self)[0])
 
     def __repr__(self) -> str:
         return f"Ovf({self.pgno})"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Ovf) and other.pgno == self.pgno
 
-    def __hash__(self) -> int:
-        return hash(("ovf", self.pgno))
-
-
-Value = bytes | Ovf
+Value = bytes  # an inline value, or an Ovf reference
 
 
 class Node:
@@ -107,12 +120,7 @@ class Node:
 
 def leaf_size(keys: list[bytes], vals: list[Value]) -> int:
     """Encoded size of a leaf holding ``keys``/``vals``."""
-    return (
-        _HDR_SIZE
-        + LEAF_CELL_OVERHEAD * len(keys)
-        + sum(map(len, keys))
-        + sum(map(len, vals))
-    )
+    return _HDR_SIZE + LEAF_CELL_OVERHEAD * len(keys) + sum(map(len, keys)) + sum(map(len, vals))
 
 
 def branch_size(keys: list[bytes]) -> int:
@@ -159,12 +167,12 @@ def decode(buf: bytes, pgno: int) -> Node:
         keys = [buf[a:b] for a, b in zip(koffs, koffs[1:])]
         vals: list[Value] = [buf[a:b] for a, b in zip(voffs, voffs[1:])]
         raw = lens[n:]
-        for i in [] if not n or max(raw) < VALUE_OVERFLOW_BIT else range(n):
-            vl = raw[i]
-            if vl & VALUE_OVERFLOW_BIT:
-                if vl != VALUE_OVERFLOW_BIT | _OVF_INLINE:
-                    raise CorruptionError(f"page {pgno}: bad overflow reference in cell {i}")
-                vals[i] = Ovf(OVERFLOW_REF.unpack_from(buf, voffs[i])[0])
+        if n and max(raw) >= VALUE_OVERFLOW_BIT:
+            for i, vl in enumerate(raw):
+                if vl & VALUE_OVERFLOW_BIT:
+                    if vl != VALUE_OVERFLOW_BIT | _OVF_INLINE:
+                        raise CorruptionError(f"page {pgno}: bad overflow reference in cell {i}")
+                    vals[i] = Ovf.from_ref(vals[i])
         return Node(keys, vals, None, pgno, txn)
     if ptype == PAGE_BRANCH:
         kids_off = _HDR_SIZE + 2 * n
@@ -187,19 +195,15 @@ def encode(node: Node, page_size: int) -> bytes:
     fit (``node.size() <= page_size``)."""
     keys = node.keys
     n = len(keys)
-    page = bytearray(page_size)
     if node.kids is None:
         vals = node.vals
         assert vals is not None
-        vlens = [
-            len(v) if v.__class__ is bytes else VALUE_OVERFLOW_BIT | _OVF_INLINE for v in vals
-        ]
-        parts = [
-            _array("H", n).pack(*map(len, keys)),
-            _array("H", n).pack(*vlens),
-            *keys,
-            *[v if v.__class__ is bytes else OVERFLOW_REF.pack(v.pgno) for v in vals],  # type: ignore[union-attr]
-        ]
+        vlens = list(map(len, vals))
+        if Ovf in set(map(type, vals)):
+            for i, v in enumerate(vals):
+                if v.__class__ is Ovf:
+                    vlens[i] = VALUE_OVERFLOW_BIT | _OVF_INLINE
+        parts = [_array("H", n).pack(*map(len, keys)), _array("H", n).pack(*vlens), *keys, *vals]
         ptype = PAGE_LEAF
     else:
         klens = [len(k) for k in keys]
@@ -208,12 +212,17 @@ def encode(node: Node, page_size: int) -> bytes:
         parts = [_array("H", n).pack(*klens), _array("Q", n).pack(*node.kids), *keys[1:]]
         ptype = PAGE_BRANCH
     body = b"".join(parts)
-    end = _HDR_SIZE + len(body)
-    if end > page_size:
-        raise AssertionError(f"node of {end} bytes does not fit a {page_size}-byte page")
-    page[_HDR_SIZE:end] = body
-    _HDR.pack_into(page, 0, 0, ptype, 0, n, node.pgno, node.txn)
-    return seal(page)
+    pad = page_size - _HDR_SIZE - len(body)
+    if pad < 0:
+        raise AssertionError(
+            f"node of {page_size - pad} bytes does not fit a {page_size}-byte page"
+        )
+    # The checksum covers everything after itself: chain crc32c over the pieces instead of
+    # assembling the page twice.
+    tail = _HDR_TAIL.pack(ptype, 0, n, node.pgno, node.txn)
+    zeros = _ZEROS[:pad]
+    crc = crc32c(zeros, crc32c(body, crc32c(tail)))
+    return b"".join((CHECKSUM.pack(crc), tail, body, zeros))
 
 
 def run_pages(length: int, page_size: int) -> int:

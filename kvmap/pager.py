@@ -27,7 +27,16 @@ Decoder = Callable[[bytes, int], Any]
 class Pager:
     """Reads, writes and caches pages of one open data file."""
 
-    __slots__ = ("fs", "fd", "page_size", "segments", "cache", "max_cached", "decode", "__weakref__")
+    __slots__ = (
+        "fs",
+        "fd",
+        "page_size",
+        "segments",
+        "cache",
+        "max_cached",
+        "decode",
+        "__weakref__",
+    )
 
     def __init__(
         self, fs: FileSystem, fd: int, page_size: int, decode: Decoder, cache_size: int

@@ -23,7 +23,7 @@ from .errors import (
     TxnClosedError,
     ValueTooLargeError,
 )
-from .format import MAX_VALUE_SIZE, PAGE_FREELIST
+from .format import MAX_VALUE_SIZE, PAGE_FREELIST, RUN_DATA_OFFSET
 from .meta import Meta
 from .node import Ovf, encode_run, run_header, run_pages
 
@@ -36,8 +36,8 @@ def as_key(key: object) -> bytes:
     cls = key.__class__
     if cls is bytes:
         return key  # type: ignore[return-value]
-    if cls is bytearray or cls is memoryview or isinstance(key, (bytes, bytearray, memoryview)):
-        return bytes(key)  # type: ignore[arg-type]
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
     raise TypeError(f"keys must be bytes, bytearray or memoryview, not {type(key).__name__}")
 
 
@@ -165,7 +165,9 @@ class Snapshot:
     def _range(
         self, start: object, stop: object, prefix: object, reverse: bool
     ) -> Iterator[tuple[bytes, Any]]:
-        lo, hi = bounds(as_bound("start", start), as_bound("stop", stop), as_bound("prefix", prefix))
+        lo, hi = bounds(
+            as_bound("start", start), as_bound("stop", stop), as_bound("prefix", prefix)
+        )
         return self._raw(lo, hi, reverse)
 
     def items(
@@ -265,9 +267,7 @@ class WriteTxn(Snapshot):
         k = as_key(key)
         v = as_value(value)
         if len(k) > self._max_key:
-            raise KeyTooLargeError(
-                f"key of {len(k)} bytes exceeds max_key_size={self._max_key}"
-            )
+            raise KeyTooLargeError(f"key of {len(k)} bytes exceeds max_key_size={self._max_key}")
         if len(v) > MAX_VALUE_SIZE:
             raise ValueTooLargeError(f"value of {len(v)} bytes exceeds {MAX_VALUE_SIZE}")
         self._writes[k] = v
@@ -382,7 +382,9 @@ def commit_tree(db: Database, state: State, writes: Any, sync: str) -> Meta:
     ps = meta.page_size
     # 1. pending pages become reusable once no snapshot can reach them and the meta that
     #    stopped referencing them is durable (a torn newer meta falls back to it).
-    freelist.release(db._oldest_reader(db._durable_txnid))
+    #    Under sync="off" nothing is promised across power loss, so only readers count.
+    durable = meta.txnid if sync == "off" else db._durable_txnid
+    freelist.release(db._oldest_reader(durable))
     # 2. the batch, copy-on-write
     writer = TreeWriter(pager, freelist, txnid, meta.hwm)
     root, depth = writer.apply(meta.root, meta.depth, list(writes.items()))
@@ -397,9 +399,13 @@ def commit_tree(db: Database, state: State, writes: Any, sync: str) -> Meta:
         npages = run_pages(freelist.encoded_size(), ps)
         fl_pgno = writer.alloc(npages)
         payload = freelist.encode()
-        assert run_pages(len(payload), ps) <= npages
-        run = encode_run(PAGE_FREELIST, fl_pgno, txnid, payload, ps)
-        writer.runs[fl_pgno] = run + bytes(npages * ps - len(run))
+        # Taking the run's own pages off the list may leave it needing fewer pages than
+        # allocated: pad the payload so its recorded length spans every page of the run
+        # (the decoder ignores bytes after the groups), or those pages would leak.
+        capacity = npages * ps - RUN_DATA_OFFSET
+        assert len(payload) <= capacity
+        payload += bytes(capacity - len(payload))
+        writer.runs[fl_pgno] = encode_run(PAGE_FREELIST, fl_pgno, txnid, payload, ps)
     new = Meta(
         txnid, ps, root, fl_pgno, writer.hwm, meta.entries + writer.delta, depth,
         meta.wal_seq, meta.wal_salt,
