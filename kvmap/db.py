@@ -22,12 +22,13 @@ import itertools
 import os
 import threading
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from threading import get_ident
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import fileio
-from .btree import MISSING, Builder, lookup, read_overflow
+from .btree import MISSING, Builder, read_overflow
 from .check import check as check_tree
 from .check import read_freelist
 from .errors import (
@@ -50,12 +51,21 @@ SYNC_MODES = ("full", "normal", "off")
 _IDLE = 1 << 64  # a getter slot that is not reading
 
 
-class State(NamedTuple):
-    """What a reader needs, swapped atomically on commit and compaction."""
+class State:
+    """What a reader needs, swapped atomically (one attribute store) on commit and
+    compaction.  ``txnid``, ``root``, ``cache`` and ``node`` repeat fields of ``meta`` and
+    ``pager`` so the lookup path reads one attribute instead of two."""
 
-    meta: Meta
-    pager: Pager
-    freelist: Freelist
+    __slots__ = ("meta", "pager", "freelist", "txnid", "root", "cache", "node")
+
+    def __init__(self, meta: Meta, pager: Pager, freelist: Freelist) -> None:
+        self.meta = meta
+        self.pager = pager
+        self.freelist = freelist
+        self.txnid = meta.txnid
+        self.root = meta.root
+        self.cache = pager.cache
+        self.node = pager.node
 
 
 def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
@@ -251,7 +261,7 @@ class Database:
         snapshots = self._snapshots
         state = self._live()
         while True:
-            snapshots[token] = state.meta.txnid
+            snapshots[token] = state.txnid
             now = self._live()
             if now is state:
                 return state, token
@@ -320,18 +330,30 @@ class Database:
         while True:
             if state is None:
                 self._raise_unusable()
-            getters[ident] = state.meta.txnid  # type: ignore[union-attr]
+            getters[ident] = state.txnid  # type: ignore[union-attr]
             now = self._state
             if now is state:
                 break
             state = now
-        try:
-            v = lookup(state.pager, state.meta.root, key)  # type: ignore[union-attr]
-            if v.__class__ is Ovf:
-                return read_overflow(state.pager, v)  # type: ignore[union-attr]
+        try:  # btree.lookup, inlined: this is the hottest path of all
+            root = state.root  # type: ignore[union-attr]
+            if not root:
+                return default
+            cache = state.cache  # type: ignore[union-attr]
+            node = cache.get(root) or state.node(root)  # type: ignore[union-attr]
+            while (kids := node.kids) is not None:
+                pgno = kids[bisect_right(node.keys, key) - 1]
+                node = cache.get(pgno) or state.node(pgno)  # type: ignore[union-attr]
+            keys = node.keys
+            i = bisect_left(keys, key)
+            if i != len(keys) and keys[i] == key:
+                v = node.vals[i]
+                if v.__class__ is Ovf:
+                    return read_overflow(state.pager, v)  # type: ignore[union-attr]
+                return v
+            return default
         finally:
             getters[ident] = _IDLE
-        return default if v is MISSING else v
 
     def __getitem__(self, key: bytes) -> bytes:
         """``db[key]``: the value, or ``KeyError``.  Cost as :meth:`get`."""

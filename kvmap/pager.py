@@ -64,9 +64,10 @@ class Pager:
         cache = self.cache
         cache[pgno] = node
         if len(cache) > self.max_cached:
-            drop = list(islice(cache, len(cache) // 4))
-            for p in drop:
-                del cache[p]
+            # list() copies the keys atomically under the GIL; pop() tolerates another
+            # thread evicting the same entries concurrently.
+            for p in list(islice(cache, len(cache) // 4)):
+                cache.pop(p, None)
 
     def page(self, pgno: int) -> bytes:
         """Raw bytes of page ``pgno``, uncached.  Raises :class:`CorruptionError` beyond EOF."""
