@@ -180,18 +180,7 @@ class Database:
             if not os.path.exists(data):
                 self._create(data, page_size)
         self._fd = fs.open(data, os.O_RDONLY if self.readonly else os.O_RDWR)
-        head = fs.pread(self._fd, 4096, 0)
-        ps = peek_page_size(head)
-        if ps is None:  # meta 0 is damaged: find meta 1 at each possible page size
-            for guess in (512 << i for i in range(8)):
-                if peek_page_size(fs.pread(self._fd, 4096, guess)[:guess]) == guess:
-                    ps = guess
-                    break
-        if ps is None:
-            raise CorruptionError(f"{data}: no readable meta page (not a kvmap database?)")
-        meta0 = fs.pread(self._fd, ps, 0)
-        meta1 = fs.pread(self._fd, ps, ps)
-        meta, _ = pick(meta0.ljust(ps, b"\0"), meta1.ljust(ps, b"\0"))
+        meta, ps = self._read_meta(data)
         pager = Pager(fs, self._fd, ps, decode, cache_size)
         pager.check_covers(meta.hwm)
         freelist, _ = read_freelist(pager, meta)
@@ -199,6 +188,28 @@ class Database:
         self._durable_txnid = meta.txnid
         self.page_size = ps
         self.max_key_size = max_key_size(ps)
+
+    def _read_meta(self, data: str) -> tuple[Meta, int]:
+        """The newest valid meta page and the page size.  The page size meta 0 records is
+        tried first; if that fails (meta 0 may be the damaged one, even in its page size
+        field), every other page size is tried, so an intact meta 1 is always found."""
+        fs = self._fs
+        first = peek_page_size(fs.pread(self._fd, 4096, 0))
+        sizes = [512 << i for i in range(8)]
+        if first is not None:
+            sizes.remove(first)
+            sizes.insert(0, first)
+        errors = []
+        for ps in sizes:
+            meta0 = fs.pread(self._fd, ps, 0).ljust(ps, b"\0")
+            meta1 = fs.pread(self._fd, ps, ps).ljust(ps, b"\0")
+            try:
+                return pick(meta0, meta1)[0], ps
+            except CorruptionError as exc:
+                if ps == first:
+                    errors.append(str(exc))
+        detail = f": {errors[0]}" if errors else " (not a kvmap database?)"
+        raise CorruptionError(f"{data}: no valid meta page{detail}")
 
     def _lock_writer(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -541,18 +552,29 @@ class Database:
                 fs.pwrite(fd, other.encode(), ((txnid - 1) % 2) * ps)
                 fs.fdatasync(fd)
                 fs.rename(tmp, data)
-                fs.fsync_dir(self.path)
-            except BaseException:
+            except BaseException as exc:
                 fs.close(fd)
                 try:
                     os.unlink(tmp)
                 except OSError:
                     pass
+                if isinstance(exc, OSError):  # like a failed commit: the handle is done
+                    self._failed = exc
+                    self._state = None
+                    raise FatalError(f"{self.path}: compact failed: {exc}") from exc
                 raise
-            pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps)
-            pager.check_covers(meta.hwm)
+            # The new file is in place: from here on a failure must not leave this handle
+            # writing to the old, replaced file.
             old_fd = self._fd
             self._fd = fd
+            try:
+                fs.fsync_dir(self.path)
+                pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps)
+                pager.check_covers(meta.hwm)
+            except BaseException as exc:
+                self._failed = exc
+                self._state = None
+                raise FatalError(f"{self.path}: compact failed after the swap: {exc}") from exc
             self._state = State(meta, pager, Freelist())
             self._durable_txnid = meta.txnid
             # Old snapshots keep the old pager (and its mappings of the old, now unlinked,
@@ -575,7 +597,7 @@ class Database:
                 return
             self._closed = True
             state = self._state
-            if state is not None and not self.readonly and self.sync_mode != "full":
+            if state is not None and not self.readonly and self._durable_txnid != state.meta.txnid:
                 try:
                     state.pager.sync()
                 except OSError:

@@ -52,7 +52,7 @@ class NestedWriteError(Error):
 
 
 class KeyTooLargeError(Error, ValueError):
-    """Raised when a key is longer than ``db.max_key_size`` (1004 bytes at the default page
+    """Raised when a key is longer than ``db.max_key_size`` (1006 bytes at the default page
     size of 4096)."""
 
 

@@ -180,6 +180,8 @@ def decode(buf: bytes, pgno: int) -> Node:
         if n == 0 or lens_end > page_size:
             raise CorruptionError(f"page {pgno}: branch with {n} children")
         klens = _array("H", n).unpack_from(buf, _HDR_SIZE)
+        if klens[0]:
+            raise CorruptionError(f"page {pgno}: a branch's first key must be stored empty")
         kids = list(_array("Q", n).unpack_from(buf, kids_off))
         koffs = list(accumulate(klens, initial=lens_end))
         if koffs[-1] > page_size:

@@ -14,7 +14,6 @@ Python objects) and evicts the oldest-inserted quarter when full: a hit stays on
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import islice
 from typing import Any
 
 from .errors import CorruptionError
@@ -64,9 +63,9 @@ class Pager:
         cache = self.cache
         cache[pgno] = node
         if len(cache) > self.max_cached:
-            # list() copies the keys atomically under the GIL; pop() tolerates another
-            # thread evicting the same entries concurrently.
-            for p in list(islice(cache, len(cache) // 4)):
+            # list(cache) copies the keys in one C call (atomic under the GIL); pop()
+            # tolerates another thread evicting the same entries concurrently.
+            for p in list(cache)[: len(cache) // 4]:
                 cache.pop(p, None)
 
     def page(self, pgno: int) -> bytes:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import mmap
 from bisect import bisect_right
 
-from .errors import CorruptionError
+from .errors import CorruptionError, DatabaseClosedError
 from .fileio import FileSystem
 
 SEGMENT_CAP = 1 << 30
@@ -63,7 +63,7 @@ class Segments:
     ``ftruncate`` and one ``mmap`` per new segment.
     """
 
-    __slots__ = ("_fs", "_fd", "page_size", "_starts", "_ends", "_maps", "mapped")
+    __slots__ = ("_fs", "_fd", "page_size", "_starts", "_ends", "_maps", "mapped", "closed")
 
     def __init__(self, fs: FileSystem, fd: int, page_size: int) -> None:
         self._fs = fs
@@ -73,6 +73,7 @@ class Segments:
         self._ends: list[int] = []
         self._maps: list[mmap.mmap] = []
         self.mapped = 0
+        self.closed = False
 
     def map_to(self, size: int) -> None:
         """Map ``[mapped, size)``; the file must already be at least ``size`` bytes long.
@@ -82,8 +83,11 @@ class Segments:
         Raises ``OSError`` if ``mmap`` fails.
         """
         while self.mapped < size:
-            start = self.mapped
-            end = min(segment_end(start + 1, self.page_size), size)
+            # mmap offsets must be multiples of the allocation granularity; after a short
+            # last piece the next mapping starts a little early and overlaps it (harmless:
+            # lookups take the newest mapping that starts at or before an offset).
+            start = self.mapped - self.mapped % mmap.ALLOCATIONGRANULARITY
+            end = min(segment_end(self.mapped + 1, self.page_size), size)
             m = self._fs.mmap(self._fd, end - start, start)
             self._starts.append(start)
             self._ends.append(end)
@@ -99,7 +103,17 @@ class Segments:
         if i < 0 or off + ps > self._ends[i]:
             raise CorruptionError(f"page {pgno} lies beyond the end of the data file")
         rel = off - self._starts[i]
-        return self._maps[i][rel : rel + ps]
+        try:
+            return self._maps[i][rel : rel + ps]
+        except ValueError:
+            self._raise_if_closed()
+            raise
+
+    def _raise_if_closed(self) -> None:
+        """Another thread closed the database under a reader: say so (the mappings stay
+        indexable after close, so only the slice of a closed ``mmap`` can fail)."""
+        if self.closed:
+            raise DatabaseClosedError("the database was closed during the read")
 
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset``, stitched across segments.  Raises
@@ -108,6 +122,15 @@ class Segments:
             raise CorruptionError(
                 f"read of {size} bytes at offset {offset} runs past the end of the data file"
             )
+        if size == 0:
+            return b""
+        try:
+            return self._read(offset, size)
+        except ValueError:
+            self._raise_if_closed()
+            raise
+
+    def _read(self, offset: int, size: int) -> bytes:
         i = bisect_right(self._starts, offset) - 1
         end = self._ends[i]
         rel = offset - self._starts[i]
@@ -120,7 +143,8 @@ class Segments:
             size -= take
             offset += take
             i += 1
-            rel = 0
+            if i < len(self._starts):
+                rel = offset - self._starts[i]
         return b"".join(parts)
 
     def view(self, pgno: int) -> memoryview:
@@ -143,12 +167,12 @@ class Segments:
     def close(self) -> None:
         """Drop every mapping.  A mapping that still has views exported stays alive until
         the last view is released (it is never unmapped under a reader)."""
+        # The lists are left as they are, so a reader in another thread that is between
+        # its bisect and its slice indexes a closed mmap (ValueError, reported as
+        # DatabaseClosedError) rather than a shrunken list.
+        self.closed = True
         for m in self._maps:
             try:
                 m.close()
             except BufferError:
                 pass  # a caller still holds a view: the GC unmaps it after the view dies
-        self._maps.clear()
-        self._starts.clear()
-        self._ends.clear()
-        self.mapped = 0
