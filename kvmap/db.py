@@ -565,8 +565,10 @@ class Database:
                 raise
             # The new file is in place: from here on a failure must not leave this handle
             # writing to the old, replaced file.
-            old_fd = self._fd
-            self._fd = fd
+            # The old descriptor can go now: the mappings old snapshots read through keep
+            # the old (unlinked) file alive on their own, and nothing writes to it again.
+            old_fd, self._fd = self._fd, fd
+            _close_quietly(fs, old_fd)
             try:
                 fs.fsync_dir(self.path)
                 pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps)
@@ -577,9 +579,6 @@ class Database:
                 raise FatalError(f"{self.path}: compact failed after the swap: {exc}") from exc
             self._state = State(meta, pager, Freelist())
             self._durable_txnid = meta.txnid
-            # Old snapshots keep the old pager (and its mappings of the old, now unlinked,
-            # file) alive; the descriptor closes when the last of them is gone.
-            _close_when_unreferenced(state.pager, old_fd)
             return old_size - pager.file_size()
 
     # -- closing -------------------------------------------------------------------------
@@ -615,10 +614,7 @@ class Database:
             fd = getattr(self, attr, -1)
             if fd >= 0:
                 setattr(self, attr, -1)
-                try:
-                    self._fs.close(fd)
-                except OSError:
-                    pass
+                _close_quietly(self._fs, fd)
 
     def __enter__(self) -> Database:
         self._live()
@@ -642,16 +638,11 @@ class Database:
         return f"<kvmap.Database {self.path!r} {mode} entries={state.meta.entries}>"
 
 
-def _close_when_unreferenced(pager: Pager, fd: int) -> None:
-    import weakref
-
-    def _done(fs: fileio.FileSystem = pager.fs) -> None:
-        try:
-            fs.close(fd)
-        except OSError:
-            pass
-
-    weakref.finalize(pager, _done)
+def _close_quietly(fs: fileio.FileSystem, fd: int) -> None:
+    try:
+        fs.close(fd)
+    except OSError:
+        pass
 
 
 __all__ = ["Database", "open", "Error"]
