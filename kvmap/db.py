@@ -1,17 +1,29 @@
 """The :class:`Database` handle and :func:`open`: the public face of kvmap.
 
-A database is a directory holding the data file (``kvmap.data``) and a lock file
-(``kvmap.lock``).  One :class:`Database` is thread-safe: any number of threads read at once
-(without locks), and one write transaction exists at a time (others wait for it).
+A database is a directory holding the data file (``kvmap.data``), the write-ahead log
+(``kvmap.wal.<start sequence>``) and a lock file (``kvmap.lock``).  One :class:`Database` is
+thread-safe: any number of threads read at once (without locks), and one write transaction
+exists at a time (others wait for it).
+
+What a reader sees is a :class:`State`: a tree (meta page) plus the memtables holding the
+commits since the last checkpoint, and the commit sequence it reads at.  Every commit
+publishes a new State with one attribute store; nothing a published State refers to ever
+changes in a way its readers can see.
 
 Design note: lock-free point reads within a process.  ``db.get`` does not open a snapshot
-object; it publishes the txn id it is about to read in a per-thread slot (``_getters``), then
-re-checks that the current state did not move, and reads.  The writer computes the oldest
-txn id any slot or registered snapshot holds before it reuses freed pages, so the pages the
-reader walks cannot be reused under it (invariant 4).  If the state moved between reading
-it and publishing the slot, the reader retries with the newer state: the writer may have
-computed its oldest reader before the slot was published.  This is LMDB's reader-table
-protocol, kept within one process; issue "multi-process" extends it across processes.
+object; it publishes the State it is about to read in a per-thread slot (``_getters``),
+then re-checks that the current State did not move, and reads.  Before reusing freed pages
+(invariant 4) or dropping an old memtable version, a writer computes the oldest tree txn id
+and commit sequence any slot or registered snapshot holds, so nothing a reader walks is
+reused or dropped under it.  If the State moved between reading it and publishing the slot,
+the reader retries with the newer one: the writer may have looked at the slots before the
+slot was published.  This is LMDB's reader-table protocol, kept within one process; issue
+"multi-process" extends it across processes.
+
+Locks, always taken in this order: ``_write_lock`` (the write transaction, held from
+``begin(write=True)`` to its end), ``_ckpt_lock`` (one checkpoint or tree commit at a
+time), ``_publish_lock`` (short: appending a frame, applying it to the memtable, swapping
+the State, rotating the WAL), ``_sync_lock`` (the group-commit fsync).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from . import fileio
 from .btree import MISSING, Builder, read_overflow
 from .check import check as check_tree
 from .check import read_freelist
+from .checkpoint import fold
 from .errors import (
     CorruptionError,
     DatabaseClosedError,
@@ -40,25 +53,42 @@ from .errors import (
     NestedWriteError,
     ReadOnlyError,
 )
-from .format import DATA_FILE, DEFAULT_PAGE_SIZE, LOCK_FILE, max_key_size, valid_page_size
+from .fileio import failpoint
+from .format import (
+    DATA_FILE,
+    DEFAULT_PAGE_SIZE,
+    LOCK_FILE,
+    WAL_HEADER_SIZE,
+    max_key_size,
+    valid_page_size,
+)
 from .freelist import Freelist
+from .memtable import Memtable
 from .meta import Meta, peek_page_size, pick
 from .node import Ovf, decode
 from .pager import Pager
-from .txn import Snapshot, WriteTxn, as_key, commit_tree
+from .segments import first_segment, segment_end
+from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
+from .wal import WalWriter, decode_header, encode_frame, list_wals, read_wal, scan_frames
 
 SYNC_MODES = ("full", "normal", "off")
-_IDLE = 1 << 64  # a getter slot that is not reading
+Op = tuple[bytes, bytes | None]
 
 
 class State:
-    """What a reader needs, swapped atomically (one attribute store) on commit and
-    compaction.  ``txnid``, ``root``, ``cache`` and ``node`` repeat fields of ``meta`` and
-    ``pager`` so the lookup path reads one attribute instead of two."""
+    """What a reader needs, swapped atomically (one attribute store) on every commit and
+    checkpoint: the tree (``meta``, with ``txnid``/``root``/``cache``/``node`` repeated so
+    the lookup path reads one attribute each), the memtables (newest first), the commit
+    sequence ``seq`` the state reads at, and the exact number of keys."""
 
-    __slots__ = ("meta", "pager", "freelist", "txnid", "root", "cache", "node")
+    __slots__ = (
+        "meta", "pager", "freelist", "txnid", "root", "cache", "node", "seq", "mems", "entries",
+    )  # fmt: skip
 
-    def __init__(self, meta: Meta, pager: Pager, freelist: Freelist) -> None:
+    def __init__(
+        self, meta: Meta, pager: Pager, freelist: Freelist, seq: int,
+        mems: tuple[Memtable, ...], entries: int,
+    ) -> None:  # fmt: skip
         self.meta = meta
         self.pager = pager
         self.freelist = freelist
@@ -66,6 +96,17 @@ class State:
         self.root = meta.root
         self.cache = pager.cache
         self.node = pager.node
+        self.seq = seq
+        self.mems = mems
+        self.entries = entries
+
+    def advance(self, seq: int, entries: int) -> State:
+        """The same tree and memtables after commit ``seq``."""
+        return State(self.meta, self.pager, self.freelist, seq, self.mems, entries)
+
+    def with_tree(self, meta: Meta, mems: tuple[Memtable, ...]) -> State:
+        """The same commits, read from another tree and memtables."""
+        return State(meta, self.pager, self.freelist, self.seq, mems, self.entries)
 
 
 def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
@@ -76,15 +117,19 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     page_size: int = DEFAULT_PAGE_SIZE,
     sync: str = "full",
     cache_size: int = 64 * 1024 * 1024,
+    checkpoint_size: int = 32 * 1024 * 1024,
     lock_timeout: float = 0.0,
 ) -> Database:
     """Open (or create) the database in directory ``path``.
 
     ``page_size`` (a power of two in [512, 65536]) only matters when the database is created;
     an existing database keeps its own.  ``sync`` is the default durability of commits:
-    ``"full"`` (fsync data and meta: survives power loss), ``"normal"`` (fsync data only:
-    survives a process crash, may lose the last commit on power loss), ``"off"`` (no fsync:
-    call ``sync()``/``close()``).  ``cache_size`` bounds the decoded-page cache, in bytes.
+    ``"full"`` (the WAL is fsynced before a commit returns: survives power loss),
+    ``"normal"`` (the frame is written to the OS: survives a crash of the process; synced at
+    checkpoint and close), ``"off"`` (frames buffered in the process until ``sync()``, a
+    checkpoint or ``close()``).  ``cache_size`` bounds the decoded-page cache, in bytes.
+    ``checkpoint_size`` is the WAL size (bytes of frames) past which a commit triggers a
+    checkpoint; 0 checkpoints after every commit (the tree is then always current).
     A writable open takes the database's writer lock, waiting up to ``lock_timeout`` seconds.
 
     Raises ``TypeError``/``ValueError`` for bad arguments, ``FileNotFoundError`` when the
@@ -100,13 +145,13 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     """
     return Database(
         os.fspath(path), create=create, readonly=readonly, page_size=page_size, sync=sync,
-        cache_size=cache_size, lock_timeout=lock_timeout,
+        cache_size=cache_size, checkpoint_size=checkpoint_size, lock_timeout=lock_timeout,
     )  # fmt: skip
 
 
 def _check_options(
     path: object, create: object, readonly: object, page_size: object, sync: object,
-    cache_size: object, lock_timeout: object,
+    cache_size: object, checkpoint_size: object, lock_timeout: object,
 ) -> None:  # fmt: skip
     if not isinstance(path, str):
         raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
@@ -125,6 +170,10 @@ def _check_options(
         raise TypeError(f"cache_size must be int, not {type(cache_size).__name__}")
     if cache_size < 0:
         raise ValueError(f"cache_size must be >= 0, not {cache_size}")
+    if not isinstance(checkpoint_size, int) or isinstance(checkpoint_size, bool):
+        raise TypeError(f"checkpoint_size must be int, not {type(checkpoint_size).__name__}")
+    if checkpoint_size < 0:
+        raise ValueError(f"checkpoint_size must be >= 0, not {checkpoint_size}")
     if not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool):
         raise TypeError(f"lock_timeout must be a number, not {type(lock_timeout).__name__}")
 
@@ -135,39 +184,56 @@ class Database:
     Use :func:`kvmap.open` to make one.  Reads (``get``, ``in``, iteration) see the latest
     commit; ``begin()`` gives a snapshot that keeps one commit's view; ``begin(write=True)``
     gives the write transaction.  ``put``/``delete``/``db[k] = v`` each commit on their own
-    (one fsync pair under ``sync="full"``: batch writes in a transaction).
+    (one WAL append, plus an fsync under ``sync="full"``: batch writes in a transaction).
     """
 
     def __init__(
         self, path: str, *, create: bool = True, readonly: bool = False,
         page_size: int = DEFAULT_PAGE_SIZE, sync: str = "full",
-        cache_size: int = 64 * 1024 * 1024, lock_timeout: float = 0.0,
+        cache_size: int = 64 * 1024 * 1024, checkpoint_size: int = 32 * 1024 * 1024,
+        lock_timeout: float = 0.0,
     ) -> None:  # fmt: skip
         self._closed = True  # until fully open, so __del__ and close() are safe
-        _check_options(path, create, readonly, page_size, sync, cache_size, lock_timeout)
+        _check_options(path, create, readonly, page_size, sync, cache_size, checkpoint_size,
+                       lock_timeout)  # fmt: skip
         self.path = path
         self.readonly = readonly
         self.sync_mode = sync
+        self.checkpoint_size = checkpoint_size
+        self._lock_timeout = float(lock_timeout)
         self._fs = fileio.fs()
         self._fd = -1
         self._lockfd = -1
+        self._wal: WalWriter | None = None
         self._state: State | None = None
         self._failed: BaseException | None = None
         self._write_lock = threading.Lock()
+        self._ckpt_lock = threading.RLock()
+        self._publish_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._writer: int | None = None
-        self._snapshots: dict[int, int] = {}
-        self._getters: dict[int, int] = {}
+        self._written_seq = 0  # last commit whose frame reached the WAL writer
+        self._synced_seq = 0  # last commit known durable
+        self._snapshots: dict[int, State] = {}
+        self._getters: dict[int, State | None] = {}
         self._tokens = itertools.count(1)
         self._pid = os.getpid()
         try:
-            self._open(create, page_size, cache_size, lock_timeout)
+            self._open(create, page_size, cache_size)
+            if not readonly:
+                self._start_wal()
         except BaseException:
+            if self._state is not None:
+                self._state.pager.close()
+                self._state = None
+            if self._wal is not None:
+                self._wal.close()
             self._release_files()
             raise
         self._closed = False
 
     # -- opening -----------------------------------------------------------------------
-    def _open(self, create: bool, page_size: int, cache_size: int, lock_timeout: float) -> None:
+    def _open(self, create: bool, page_size: int, cache_size: int) -> None:
         fs = self._fs
         data = os.path.join(self.path, DATA_FILE)
         if not os.path.exists(data):
@@ -176,18 +242,81 @@ class Database:
             os.makedirs(self.path, exist_ok=True)
         if not self.readonly:
             self._lockfd = fs.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT)
-            self._lock_writer(lock_timeout)
+            self._lock_writer(self._lock_timeout)
             if not os.path.exists(data):
                 self._create(data, page_size)
         self._fd = fs.open(data, os.O_RDONLY if self.readonly else os.O_RDWR)
         meta, ps = self._read_meta(data)
         pager = Pager(fs, self._fd, ps, decode, cache_size)
-        pager.check_covers(meta.hwm)
-        freelist, _ = read_freelist(pager, meta)
-        self._state = State(meta, pager, freelist)
-        self._durable_txnid = meta.txnid
-        self.page_size = ps
-        self.max_key_size = max_key_size(ps)
+        try:
+            pager.check_covers(meta.hwm)
+            freelist, _ = read_freelist(pager, meta)
+            self.page_size = ps
+            self.max_key_size = max_key_size(ps)
+            self._state = self._recover(
+                State(meta, pager, freelist, meta.wal_seq, (), meta.entries)
+            )
+        except BaseException:
+            pager.close()
+            raise
+        self._written_seq = self._synced_seq = self._state.seq
+
+    def _recover(self, state: State) -> State:
+        """Replay the WAL files after the tree's ``wal_seq`` into a memtable (invariant 5:
+        frames count up to the first one that does not check).  Raises
+        :class:`CorruptionError` when commits the tree does not cover are missing from the
+        log (e.g. the newest meta page was lost after its WAL was deleted)."""
+        seq = state.seq
+        mem = Memtable(seq)
+        entries = state.entries
+        state = state.with_tree(state.meta, (mem,))
+        self._stale_wals: list[str] = []
+        for _start, path in list_wals(self.path):
+            buf = read_wal(self._fs, path)
+            try:
+                salt, wstart = decode_header(buf, path)
+            except CorruptionError:
+                if len(buf) > WAL_HEADER_SIZE:
+                    raise  # a damaged log that holds frames: never skip commits silently
+                self._stale_wals.append(path)  # a crash while it was being created
+                continue
+            if wstart > seq:
+                raise CorruptionError(
+                    f"{path}: the log continues from commit {wstart} but the tree covers "
+                    f"only up to commit {seq}: commits {seq + 1}..{wstart} are missing"
+                )
+            for fseq, ops, _end in scan_frames(buf, WAL_HEADER_SIZE, salt, wstart):
+                if fseq <= seq:
+                    continue
+                cur = state.advance(seq, entries)
+                for k, v in ops:
+                    entries += (v is not None) - (read_state(cur, k) is not MISSING)
+                mem.apply(fseq, ops, keep_old=False)
+                seq = fseq
+            # A torn or corrupt tail ends this file's frames.  A later file must then start
+            # at or before the last commit recovered so far (checked above), so a gap is
+            # never skipped silently; a damaged tail the tree already covers is harmless.
+            self._stale_wals.append(path)
+        return state.advance(seq, entries)
+
+    def _start_wal(self) -> None:
+        """A writable handle appends to a fresh WAL: fold what recovery replayed into the
+        tree (a checkpoint), or start a new log at the current sequence; then delete the
+        old files (their commits are all in the durable tree)."""
+        state = self._state
+        assert state is not None
+        if len(state.mems[0]):
+            self._checkpoint()
+        else:
+            self._wal = WalWriter.create(self._fs, self.path, state.seq)
+        for path in self._stale_wals:
+            if path != self._wal.path:  # type: ignore[union-attr]
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        self._fs.fsync_dir(self.path)
+        self._stale_wals = []
 
     def _read_meta(self, data: str) -> tuple[Meta, int]:
         """The newest valid meta page and the page size.  The page size meta 0 records is
@@ -231,8 +360,6 @@ class Database:
         tmp = data + ".new"
         fd = fs.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
-            from .segments import first_segment
-
             fs.truncate(fd, first_segment(page_size))
             for txnid in (0, 1):
                 fs.pwrite(fd, Meta(txnid, page_size, 0, 0, 2, 0, 0).encode(), txnid * page_size)
@@ -256,15 +383,24 @@ class Database:
             )
         raise DatabaseClosedError(f"{self.path}: the database is closed")
 
-    def _oldest_reader(self, limit: int) -> int:
-        """The oldest txn id any snapshot or in-flight read of this process holds, capped
-        at ``limit``.  ``list()`` copies each registry atomically under the GIL."""
-        oldest = limit
-        for txnid in list(self._snapshots.values()):
-            oldest = min(oldest, txnid)
-        for txnid in list(self._getters.values()):
-            oldest = min(oldest, txnid)
-        return oldest
+    def _fail(self, exc: BaseException, what: str) -> BaseException:
+        """Make the handle unusable after a failed write; returns the error to raise."""
+        self._failed = exc
+        self._state = None
+        if isinstance(exc, OSError):
+            return FatalError(f"{self.path}: {what} failed: {exc}")
+        return exc
+
+    def _readers(self) -> list[State]:
+        """Every State a snapshot or an in-flight read holds (``list()`` copies each
+        registry atomically under the GIL)."""
+        held = list(self._snapshots.values())
+        held.extend(s for s in list(self._getters.values()) if s is not None)
+        return held
+
+    def _oldest_txnid(self, limit: int) -> int:
+        """The oldest tree txn id a reader of this process holds, capped at ``limit``."""
+        return min([limit, *(s.txnid for s in self._readers())])
 
     def _register(self) -> tuple[State, int]:
         """Pin the current state for a snapshot (the protocol in the module docstring)."""
@@ -272,11 +408,14 @@ class Database:
         snapshots = self._snapshots
         state = self._live()
         while True:
-            snapshots[token] = state.txnid
+            snapshots[token] = state
             now = self._live()
             if now is state:
                 return state, token
             state = now
+
+    def _unregister(self, token: int) -> None:
+        self._snapshots.pop(token, None)
 
     # -- transactions --------------------------------------------------------------------
     def begin(self, write: bool = False, *, sync: str | None = None) -> Snapshot:
@@ -303,36 +442,114 @@ class Database:
         self._write_lock.acquire()
         self._writer = get_ident()
         try:
-            state = self._live()
+            state, token = self._register()
         except BaseException:
-            self._end_write()
+            self._writer = None
+            self._write_lock.release()
             raise
-        return WriteTxn(self, state, sync)
+        return WriteTxn(self, state, token, sync)
 
-    def _end_write(self) -> None:
+    def _end_write(self, token: int | None) -> None:
+        if token is not None:
+            self._snapshots.pop(token, None)
         self._writer = None
         self._write_lock.release()
 
-    def _commit(self, state: State, writes: Any, sync: str) -> None:
-        """Run the commit sequence (``txn.commit_tree``) and publish the result.  Any failure
-        leaves the handle unusable: memory no longer matches the file."""
-        if self._state is not state:
-            self._raise_unusable()
+    def _commit(self, ops: list[Op], sync: str) -> int:
+        """Commit ``ops`` (sorted, unique keys; the write lock is held): one WAL frame, then
+        the memtable, then a new State.  Returns the commit sequence.  Any failure leaves
+        the handle unusable, as memory may no longer match the files."""
+        getters = self._getters
+        ident = get_ident()
+        base = self._state
+        while True:  # register like a reader: a checkpoint may fold the tree meanwhile
+            if base is None:
+                self._raise_unusable()
+            getters[ident] = base
+            if self._state is base:
+                break
+            base = self._state
         try:
-            meta = commit_tree(self, state, writes, sync)
-        except BaseException as exc:
-            self._failed = exc
-            self._state = None
-            if isinstance(exc, OSError):
-                raise FatalError(f"{self.path}: commit failed: {exc}") from exc
-            raise
-        self._state = State(meta, state.pager, state.freelist)
+            delta = 0
+            for k, v in ops:  # keep len() exact: did each key exist before?
+                delta += (v is not None) - (read_state(base, k) is not MISSING)  # type: ignore[arg-type]
+        finally:
+            getters[ident] = None
+        with self._publish_lock:
+            state = self._live()
+            seq = state.seq + 1
+            wal = self._wal
+            assert wal is not None
+            try:
+                wal.append(encode_frame(wal.salt, seq, ops), sync)
+            except BaseException as exc:
+                raise self._fail(exc, "WAL write") from exc
+            # An older reader may still need the versions this commit replaces: every
+            # registered snapshot and in-flight read is older than this commit.
+            keep_old = bool(self._snapshots) or any(list(self._getters.values()))
+            state.mems[0].apply(seq, ops, keep_old)
+            self._state = state.advance(seq, state.entries + delta)
+            if not wal.buffer:  # every frame up to this one reached the OS
+                self._written_seq = seq
+        return seq
+
+    def _autocommit(self, op: Op) -> None:
+        """Commit one operation without a transaction object (``put``/``delete``)."""
+        if self._writer == get_ident():
+            raise NestedWriteError("this thread already holds the write transaction")
+        self._live()
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path} is open readonly")
+        with self._write_lock:
+            self._writer = get_ident()
+            try:
+                seq = self._commit([op], self.sync_mode)
+            finally:
+                self._writer = None
+        if self.sync_mode == "full":
+            self._sync_wal(seq)
+        self._maybe_checkpoint()
+
+    def _sync_wal(self, seq: int) -> None:
+        """Return once commit ``seq`` is durable.  Group commit: whoever holds the sync lock
+        fsyncs every frame written so far, so threads that committed meanwhile find their
+        commit already durable and skip their own fsync."""
+        with self._sync_lock:
+            if self._synced_seq >= seq:
+                return
+            target = self._written_seq
+            wal = self._wal
+            if wal is None:
+                self._raise_unusable()
+            try:
+                self._fs.fdatasync(wal.fd)  # type: ignore[union-attr]
+            except BaseException as exc:
+                raise self._fail(exc, "WAL sync") from exc
+            self._synced_seq = max(self._synced_seq, target)
+
+    def _commit_tree(self, ops: list[Op]) -> None:
+        """Write ``ops`` straight into the tree (``put_many(append=True)``; the write lock
+        is held): checkpoint, then one copy-on-write fold and meta flip."""
+        with self._ckpt_lock:
+            self._checkpoint()
+            state = self._live()
+            try:
+                meta, delta = fold(
+                    state.pager, state.freelist, state.meta, ops, state.seq, self._oldest_txnid
+                )
+            except BaseException as exc:
+                raise self._fail(exc, "tree commit") from exc
+            with self._publish_lock:
+                cur = self._live()
+                new = State(meta, cur.pager, cur.freelist, cur.seq, cur.mems, cur.entries + delta)
+                self._state = new
 
     # -- the mapping interface (autocommit) ----------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
         """The value stored under ``key`` in the latest commit, or ``default``.
-        Cost: one tree descent, ~1-2 µs with cached pages; no lock, no system call.
-        Raises ``TypeError`` for a key that is not bytes, bytearray or memoryview."""
+        Cost: a memtable probe and one tree descent, ~1-2 µs with cached pages; no lock,
+        no system call.  Raises ``TypeError`` for a key that is not bytes, bytearray or
+        memoryview."""
         if key.__class__ is not bytes:
             key = as_key(key)
         getters = self._getters
@@ -341,12 +558,20 @@ class Database:
         while True:
             if state is None:
                 self._raise_unusable()
-            getters[ident] = state.txnid  # type: ignore[union-attr]
+            getters[ident] = state
             now = self._state
             if now is state:
                 break
             state = now
-        try:  # btree.lookup, inlined: this is the hottest path of all
+        try:  # read_state() and btree.lookup(), inlined: this is the hottest path of all
+            seq = state.seq  # type: ignore[union-attr]
+            for mem in state.mems:  # type: ignore[union-attr]
+                e = mem.data.get(key)
+                while e is not None:
+                    if e[0] <= seq:
+                        v = e[1]
+                        return default if v is None else v
+                    e = e[2]
             root = state.root  # type: ignore[union-attr]
             if not root:
                 return default
@@ -364,7 +589,7 @@ class Database:
                 return v
             return default
         finally:
-            getters[ident] = _IDLE
+            getters[ident] = None
 
     def __getitem__(self, key: bytes) -> bytes:
         """``db[key]``: the value, or ``KeyError``.  Cost as :meth:`get`."""
@@ -379,32 +604,40 @@ class Database:
 
     def __len__(self) -> int:
         """Number of keys in the latest commit.  Cost: O(1)."""
-        return self._live().meta.entries
+        return self._live().entries
 
     def put(self, key: bytes, value: bytes) -> None:
-        """Store ``value`` under ``key`` and commit.  Cost: one commit (two fsyncs under
-        ``sync="full"``).  Raises ``TypeError``, :class:`~kvmap.KeyTooLargeError`,
-        :class:`~kvmap.ReadOnlyError`, :class:`~kvmap.NestedWriteError`."""
-        with self.begin(write=True) as txn:
-            txn.put(key, value)
+        """Store ``value`` under ``key`` and commit.  Cost: one commit (one WAL append, plus
+        an fsync under ``sync="full"``).  Raises ``TypeError``,
+        :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ReadOnlyError`,
+        :class:`~kvmap.NestedWriteError`."""
+        self._autocommit(checked_item(key, value, self.max_key_size))
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.put(key, value)
 
     def delete(self, key: bytes) -> bool:
-        """Remove ``key`` and commit; returns whether it was present.  Cost: one commit."""
+        """Remove ``key`` and commit; returns whether it was present (a missing key commits
+        nothing).  Cost: a lookup, and one commit if the key was there."""
+        k = as_key(key)
+        if self.get(k, MISSING) is MISSING:
+            self._live()
+            if self.readonly:
+                raise ReadOnlyError(f"{self.path} is open readonly")
+            return False
         with self.begin(write=True) as txn:
-            return txn.delete(key)
+            return txn.delete(k)
 
     def __delitem__(self, key: bytes) -> None:
         """``del db[key]``: raises ``KeyError`` if the key is missing."""
         if not self.delete(key):
             raise KeyError(key)
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Store every (key, value) of ``items`` in one transaction (one commit)."""
+    def put_many(self, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+        """Store every (key, value) of ``items`` in one transaction (one commit).  See
+        :meth:`WriteTxn.put_many` for ``append=True`` (sorted bulk loads)."""
         with self.begin(write=True) as txn:
-            txn.put_many(items)
+            txn.put_many(items, append=append)
 
     def _scan(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
         snap = self.begin()
@@ -440,67 +673,149 @@ class Database:
         """Iterate keys in order (over a snapshot)."""
         return self.keys()
 
-    # -- maintenance ---------------------------------------------------------------------
+    # -- durability and checkpoints ------------------------------------------------------
     def sync(self) -> None:
-        """Make every commit so far durable (matters under ``sync="normal"``/``"off"``).
-        Cost: one ``fdatasync``.  Raises :class:`~kvmap.FatalError` if it fails."""
-        state = self._live()
+        """Make every commit so far durable (it matters under ``sync="normal"``/``"off"``):
+        write buffered WAL frames and fsync the WAL.  Cost: one write and one
+        ``fdatasync``.  Raises :class:`~kvmap.FatalError` if it fails."""
+        self._live()
         if self.readonly:
             return
-        with self._write_lock:
+        with self._publish_lock:
+            wal = self._wal
+            seq = self._live().seq
             try:
-                state.pager.sync()
-            except OSError as exc:
-                self._failed = exc
-                self._state = None
-                raise FatalError(f"{self.path}: sync failed: {exc}") from exc
-            self._durable_txnid = state.meta.txnid
+                wal.flush()  # type: ignore[union-attr]
+            except BaseException as exc:
+                raise self._fail(exc, "WAL write") from exc
+            self._written_seq = seq
+        self._sync_wal(seq)
 
     flush = sync
 
     def checkpoint(self) -> None:
-        """Make every commit durable in the tree.  Commits write the tree directly until the
-        write-ahead log lands, so this is :meth:`sync`."""
-        self.sync()
+        """Fold every commit in the WAL into the tree, durably, and start a new WAL.
 
+        Writers are not blocked while the tree is written: commits made meanwhile go to
+        the new WAL.  Runs automatically when the WAL passes ``checkpoint_size`` bytes (in
+        the thread whose commit crossed it) and on ``close()``.  Cost: each tree page the
+        memtable touches is rewritten once, plus three fsyncs.  Raises
+        :class:`~kvmap.FatalError` on I/O failure; a no-op on a readonly handle."""
+        self._live()
+        if self.readonly:
+            return
+        with self._ckpt_lock:
+            self._checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        wal = self._wal
+        if wal is not None and wal.size - WAL_HEADER_SIZE > self.checkpoint_size:
+            if self._ckpt_lock.acquire(blocking=False):
+                try:
+                    if self._state is not None:
+                        self._checkpoint()
+                finally:
+                    self._ckpt_lock.release()
+
+    def _checkpoint(self) -> None:
+        """The checkpoint (``_ckpt_lock`` held).  The steps, in order:
+
+        1. freeze: under the publish lock, sync the current WAL (every frozen commit is then
+           durable in it), start a new WAL at the current sequence, and publish a State
+           whose active memtable is new and empty, the old one frozen behind it;
+        2. fold the frozen memtable into the tree (``checkpoint.fold``: pages, fsync, meta
+           recording ``wal_seq``, fsync) while writers go on;
+        3. publish a State on the new tree without the frozen memtable;
+        4. delete the WAL files the new meta covers, and fsync the directory.
+        """
+        # 1. freeze
+        with self._publish_lock:
+            state = self._live()
+            active = state.mems[0]
+            old = self._wal
+            if not len(active) and old is not None:
+                return
+            try:
+                if old is not None:
+                    with self._sync_lock:
+                        old.sync()
+                        self._written_seq = self._synced_seq = state.seq
+                self._wal = WalWriter.create(self._fs, self.path, state.seq)
+            except BaseException as exc:
+                raise self._fail(exc, "checkpoint") from exc
+            frozen = active
+            self._state = state.with_tree(state.meta, (Memtable(state.seq), frozen))
+        # 2. fold (readers and writers go on; nothing else touches the tree)
+        try:
+            meta, _ = fold(
+                state.pager, state.freelist, state.meta, frozen.latest(), frozen.last_seq,
+                self._oldest_txnid,
+            )  # fmt: skip
+        except BaseException as exc:
+            raise self._fail(exc, "checkpoint") from exc
+        failpoint("ckpt-after-meta")
+        # 3. publish
+        with self._publish_lock:
+            cur = self._live()
+            self._state = cur.with_tree(meta, tuple(m for m in cur.mems if m is not frozen))
+        # 4. the old logs are covered by a durable meta now
+        if old is not None:
+            old.close()
+        new_path = self._wal.path
+        try:
+            for _, path in list_wals(self.path):
+                if path != new_path:
+                    os.unlink(path)
+            self._fs.fsync_dir(self.path)
+        except BaseException as exc:
+            raise self._fail(exc, "checkpoint") from exc
+
+    # -- maintenance ---------------------------------------------------------------------
     def check(self) -> dict[str, Any]:
-        """Verify the latest commit: checksums, key order, page accounting (invariant 3),
-        entry count.  Returns page counts by type.  Cost: reads every page once.
-        Raises :class:`~kvmap.CorruptionError` describing the first problem."""
+        """Verify the latest commit's tree: checksums, key order, page accounting
+        (invariant 3), entry count.  Returns page counts by type.  Cost: reads every page
+        once.  Raises :class:`~kvmap.CorruptionError` describing the first problem."""
         state, token = self._register()
         try:
             return check_tree(state.pager, state.meta)
         finally:
-            self._snapshots.pop(token, None)
+            self._unregister(token)
 
     def stats(self) -> dict[str, Any]:
-        """Entries, depth, pages by type, file size, free pages and more, as a dict.
-        Cost: reads every page once (like :meth:`check`)."""
+        """Entries, depth, pages by type, file and WAL sizes, free pages and more, as a
+        dict.  Cost: reads every page once (like :meth:`check`)."""
         state, token = self._register()
         try:
             counts = check_tree(state.pager, state.meta)
             meta = state.meta
+            wal = self._wal
             return {
-                "entries": meta.entries,
+                "entries": state.entries,
                 "depth": meta.depth,
                 "page_size": meta.page_size,
                 "pages": counts,
                 "high_water_mark": meta.hwm,
                 "free_pages": counts["free"],
                 "file_size": state.pager.file_size(),
+                "wal_size": wal.size if wal is not None else 0,
+                "memtable_keys": sum(len(m) for m in state.mems),
+                "commit_seq": state.seq,
+                "checkpoint_seq": meta.wal_seq,
                 "txnid": meta.txnid,
                 "segments": state.pager.segments.count,
                 "cached_pages": len(state.pager.cache),
             }
         finally:
-            self._snapshots.pop(token, None)
+            self._unregister(token)
 
     def compact(self) -> int:
         """Rewrite the live tree into a fresh, dense file and swap it in; returns the bytes
-        saved.  Waits for the write transaction; open snapshots keep reading the old file
-        until they close.  Cost: reads every live page once, writes the tree once, 3 fsyncs.
-        Raises :class:`~kvmap.ReadOnlyError` on a readonly handle."""
-        with self.begin(write=True):
+        saved.  Checkpoints first and holds the write transaction meanwhile; open
+        snapshots keep reading the old file until they close.  Cost: reads every live page
+        once, writes the tree once, a handful of fsyncs.  Raises
+        :class:`~kvmap.ReadOnlyError` on a readonly handle."""
+        with self.begin(write=True), self._ckpt_lock:
+            self._checkpoint()
             state = self._live()
             data = os.path.join(self.path, DATA_FILE)
             tmp = data + ".compact"
@@ -529,27 +844,14 @@ class Database:
                         buf.clear()
 
                 builder = Builder(ps, txnid, alloc, emit)
-                snap = Snapshot(self, state, None)
-                builder.add_all(snap.items())
+                builder.add_all(Snapshot(self, state, None).items())
                 root, depth, entries = builder.finish()
                 flush()
-                from .segments import segment_end
-
                 fs.truncate(fd, segment_end(hwm[0] * ps, ps))
-                meta = Meta(
-                    txnid,
-                    ps,
-                    root,
-                    0,
-                    hwm[0],
-                    entries,
-                    depth,
-                    state.meta.wal_seq,
-                    state.meta.wal_salt,
-                )
+                meta = Meta(txnid, ps, root, 0, hwm[0], entries, depth, state.seq,
+                            state.meta.wal_salt)  # fmt: skip
                 fs.pwrite(fd, meta.encode(), (txnid % 2) * ps)
-                other = meta._replace(txnid=txnid - 1)
-                fs.pwrite(fd, other.encode(), ((txnid - 1) % 2) * ps)
+                fs.pwrite(fd, meta._replace(txnid=txnid - 1).encode(), ((txnid - 1) % 2) * ps)
                 fs.fdatasync(fd)
                 fs.rename(tmp, data)
             except BaseException as exc:
@@ -559,14 +861,12 @@ class Database:
                 except OSError:
                     pass
                 if isinstance(exc, OSError):  # like a failed commit: the handle is done
-                    self._failed = exc
-                    self._state = None
-                    raise FatalError(f"{self.path}: compact failed: {exc}") from exc
+                    raise self._fail(exc, "compact") from exc
                 raise
             # The new file is in place: from here on a failure must not leave this handle
-            # writing to the old, replaced file.
-            # The old descriptor can go now: the mappings old snapshots read through keep
-            # the old (unlinked) file alive on their own, and nothing writes to it again.
+            # writing to the old, replaced file.  The old descriptor can go now: the
+            # mappings old snapshots read through keep the old (unlinked) file alive on
+            # their own, and nothing writes to it again.
             old_fd, self._fd = self._fd, fd
             _close_quietly(fs, old_fd)
             try:
@@ -574,40 +874,51 @@ class Database:
                 pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps)
                 pager.check_covers(meta.hwm)
             except BaseException as exc:
-                self._failed = exc
-                self._state = None
-                raise FatalError(f"{self.path}: compact failed after the swap: {exc}") from exc
-            self._state = State(meta, pager, Freelist())
-            self._durable_txnid = meta.txnid
+                raise self._fail(exc, "compact, after the swap") from exc
+            with self._publish_lock:
+                cur = self._live()
+                self._state = State(meta, pager, Freelist(), cur.seq, cur.mems, cur.entries)
             return old_size - pager.file_size()
 
     # -- closing -------------------------------------------------------------------------
     def close(self) -> None:
-        """Make every commit durable, release the lock and the mappings (idempotent).
-        Snapshots still open raise :class:`~kvmap.TxnClosedError` afterwards.  Waits for a
-        write transaction held by another thread."""
+        """Checkpoint (so the next open replays nothing), make everything durable, release
+        the lock and the mappings (idempotent).  Snapshots still open raise
+        :class:`~kvmap.TxnClosedError` afterwards.  Waits for a write transaction held by
+        another thread.  Raises :class:`~kvmap.FatalError` if the final checkpoint fails
+        (the handle is closed anyway; the WAL still holds the commits)."""
         if self._closed:
             return
         own = self._writer == get_ident()
         if not own:
             self._write_lock.acquire()
+        error: BaseException | None = None
         try:
             if self._closed:
                 return
+            if self._state is not None and not self.readonly:
+                try:
+                    with self._ckpt_lock:
+                        self._checkpoint()
+                except BaseException as exc:
+                    error = exc
             self._closed = True
             state = self._state
-            if state is not None and not self.readonly and self._durable_txnid != state.meta.txnid:
-                try:
-                    state.pager.sync()
-                except OSError:
-                    pass  # nothing more can be done; the last commits may not be durable
             self._state = None
             if state is not None:
                 state.pager.close()
+            if self._wal is not None:
+                try:
+                    self._wal.close()
+                except OSError:
+                    pass
+                self._wal = None
             self._release_files()
         finally:
             if not own:
                 self._write_lock.release()
+        if error is not None:
+            raise error
 
     def _release_files(self) -> None:
         for attr in ("_fd", "_lockfd"):
@@ -635,7 +946,7 @@ class Database:
         if state is None:
             return f"<kvmap.Database {self.path!r} closed>"
         mode = "readonly" if self.readonly else f"sync={self.sync_mode}"
-        return f"<kvmap.Database {self.path!r} {mode} entries={state.meta.entries}>"
+        return f"<kvmap.Database {self.path!r} {mode} entries={state.entries}>"
 
 
 def _close_quietly(fs: fileio.FileSystem, fd: int) -> None:
@@ -645,4 +956,4 @@ def _close_quietly(fs: fileio.FileSystem, fd: int) -> None:
         pass
 
 
-__all__ = ["Database", "open", "Error"]
+__all__ = ["Database", "State", "open", "Error"]

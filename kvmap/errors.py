@@ -18,6 +18,7 @@ __all__ = [
     "ReadersFullError",
     "DatabaseLockedError",
     "FatalError",
+    "OrderError",
 ]
 
 
@@ -74,3 +75,8 @@ class FatalError(Error):
     transaction that hit it did not commit, and the handle refuses all further use: close it
     and reopen the database, which recovers to the last committed state.  The first raise
     carries the ``OSError`` as ``__cause__``."""
+
+
+class OrderError(Error, ValueError):
+    """Raised by ``put_many(items, append=True)`` when a key is not greater than the key
+    before it, or than every key already in the database and the transaction."""

@@ -29,7 +29,11 @@ class FileSystem:
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (looping over short writes)."""
-        view = memoryview(data)
+        n = os.pwrite(fd, data, offset)
+        if n == len(data):
+            return
+        view = memoryview(data)[n:]
+        offset += n
         while view:
             n = os.pwrite(fd, view, offset)
             if n <= 0:  # pragma: no cover - the kernel reports errors by raising
@@ -75,6 +79,19 @@ class FileSystem:
 
 
 _installed: FileSystem = FileSystem()
+_FAILPOINT = os.environ.get("KVMAP_FAILPOINT", "")
+
+
+def failpoint(name: str) -> None:
+    """Crash the process (``os._exit(86)``) if ``KVMAP_FAILPOINT`` names this point.
+
+    Crash tests set the variable in a child process to stop it at an exact step:
+    ``wal-mid-frame`` (half a frame written), ``wal-before-sync`` (a frame written, not
+    synced), ``ckpt-after-pages`` (tree pages synced, meta not written), ``ckpt-after-meta``
+    (meta synced, the WAL files it covers not yet deleted).
+    """
+    if _FAILPOINT == name:
+        os._exit(86)
 
 
 def fs() -> FileSystem:

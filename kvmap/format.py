@@ -19,6 +19,7 @@ MAGIC: Final = b"KVMAPDB\x00"
 
 DATA_FILE: Final = "kvmap.data"
 LOCK_FILE: Final = "kvmap.lock"
+WAL_PREFIX: Final = "kvmap.wal."  # + 16 hex digits of the WAL's start sequence
 
 MIN_PAGE_SIZE: Final = 512
 MAX_PAGE_SIZE: Final = 65536
@@ -97,6 +98,32 @@ FREELIST_HEAD: Final = struct.Struct("<QQ")
 U64: Final = struct.Struct("<Q")
 
 MAX_VALUE_SIZE: Final = 2**31 - 1
+
+# -- WAL file header (docs/format.md "WAL header") ------------------------------------------
+#   0  8s  magic      WAL_MAGIC
+#   8  u32 version    FORMAT_VERSION
+#  12  u32 flags      0; reserved
+#  16  u64 salt       random, per WAL file: frames carry it, so frames of another file or
+#                     generation never count
+#  24  u64 start_seq  frames continue from this commit sequence (the first is start_seq + 1)
+#  32  u32 checksum   crc32c of bytes 0..32
+#  36  ...            zero up to WAL_HEADER_SIZE
+WAL_MAGIC: Final = b"KVMAPWAL"
+WAL_HEADER: Final = struct.Struct("<8sIIQQI")
+WAL_HEADER_SIZE: Final = 64
+
+# -- WAL frame: one committed transaction (docs/format.md "WAL frame") ----------------------
+#   0  u64 length     bytes in the frame, this field and the trailing checksum included
+#   8  u64 salt       the WAL header's salt
+#  16  u64 seq        commit sequence number (the previous frame's + 1)
+#  24  u32 count      operations that follow
+#  28  u32 flags      0; reserved
+#  32  ...            operations: u8 kind, u16 key length, u32 value length, key, value
+#  -4  u32 checksum   crc32c of every byte of the frame before it
+WAL_FRAME_HEAD: Final = struct.Struct("<QQQII")
+WAL_OP: Final = struct.Struct("<BHI")
+WAL_OP_PUT: Final = 1
+WAL_OP_DELETE: Final = 2
 
 _arrays: dict[str, struct.Struct] = {}
 

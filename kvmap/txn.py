@@ -1,34 +1,50 @@
-"""Transactions: read snapshots and the write transaction, and the commit sequence.
+"""Transactions: read snapshots and the write transaction.
 
-A :class:`Snapshot` pins one committed meta (a tree root) and reads it without locks: the
-tree it names is immutable while the snapshot is registered (invariants 1 and 4).  A
-:class:`WriteTxn` buffers its puts and deletes in a sorted dict over the snapshot it began
-from; reads inside it see the buffer first.  ``commit()`` folds the buffer into the tree in
-one copy-on-write pass and flips the meta page (see :meth:`WriteTxn.commit` for the ordered
-steps).  Nothing reaches the file before ``commit()``, so ``abort()`` only drops the buffer.
+A :class:`Snapshot` pins one :class:`~kvmap.db.State`: a tree root plus the memtables and
+the commit sequence it reads at.  It sees exactly the commits up to that sequence and never
+a later one (invariant 6): memtable versions carry their commit sequence, and the tree it
+names is immutable while the snapshot is registered (invariants 1 and 4).
+
+A :class:`WriteTxn` buffers its puts and deletes in a sorted dict over the state it began
+from; reads inside it see the buffer first.  ``commit()`` turns the buffer into one WAL frame
+and applies it to the memtable (see ``Database._commit``); nothing reaches any file before
+``commit()``, so ``abort()`` only drops the buffer.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from sortedcontainers import SortedDict
-
-from .btree import MISSING, TreeWriter, lookup, read_overflow
+from .btree import MISSING, lookup, read_overflow
 from .cursor import bounds, merge, scan
 from .errors import (
     KeyTooLargeError,
+    OrderError,
     ReadOnlyError,
     TxnClosedError,
     ValueTooLargeError,
 )
-from .format import MAX_VALUE_SIZE, PAGE_FREELIST, RUN_DATA_OFFSET
-from .meta import Meta
-from .node import Ovf, encode_run, run_header, run_pages
+from .format import MAX_VALUE_SIZE
+from .node import Ovf
 
 if TYPE_CHECKING:
     from .db import Database, State
+
+
+def read_state(state: State, key: bytes) -> Any:
+    """The stored value of ``key`` as of ``state`` (``bytes`` or an ``Ovf`` reference), or
+    :data:`MISSING`.  Memtables first (newest first), then the tree."""
+    seq = state.seq
+    for mem in state.mems:
+        e = mem.data.get(key)
+        while e is not None:
+            if e[0] <= seq:
+                v = e[1]
+                return MISSING if v is None else v
+            e = e[2]
+    return lookup(state.pager, state.root, key)
 
 
 def as_key(key: object) -> bytes:
@@ -49,6 +65,18 @@ def as_value(value: object) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     raise TypeError(f"values must be bytes, bytearray or memoryview, not {type(value).__name__}")
+
+
+def checked_item(key: object, value: object, max_key: int) -> tuple[bytes, bytes]:
+    """A (key, value) ready to store: bytes, within the size limits.  Raises
+    ``TypeError``, :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ValueTooLargeError`."""
+    k = as_key(key)
+    v = as_value(value)
+    if len(k) > max_key:
+        raise KeyTooLargeError(f"key of {len(k)} bytes exceeds max_key_size={max_key}")
+    if len(v) > MAX_VALUE_SIZE:
+        raise ValueTooLargeError(f"value of {len(v)} bytes exceeds {MAX_VALUE_SIZE}")
+    return k, v
 
 
 def as_bound(name: str, key: object) -> bytes | None:
@@ -72,14 +100,13 @@ class Snapshot:
     it is closed, and :class:`~kvmap.ReadOnlyError` for writes.
     """
 
-    __slots__ = ("_db", "_state", "_meta", "_token", "_done", "__weakref__")
+    __slots__ = ("_db", "_state", "_token", "_done", "__weakref__")
 
     write = False
 
     def __init__(self, db: Database, state: State, token: int | None) -> None:
         self._db = db
         self._state = state
-        self._meta: Meta = state.meta
         self._token = token
         self._done = False
 
@@ -118,13 +145,13 @@ class Snapshot:
             self._db._snapshots.pop(self._token, None)
 
     def __repr__(self) -> str:
-        state = "finished" if self._done else f"txn {self._meta.txnid}"
+        state = "finished" if self._done else f"seq {self._state.seq}"
         return f"<kvmap.{type(self).__name__} {state} of {self._db.path!r}>"
 
     @property
-    def txnid(self) -> int:
-        """The id of the commit this snapshot sees."""
-        return self._meta.txnid
+    def seq(self) -> int:
+        """The commit sequence number this snapshot sees."""
+        return self._state.seq
 
     # -- reads -------------------------------------------------------------------------
     def _value(self, stored: Any) -> bytes:
@@ -133,10 +160,10 @@ class Snapshot:
         return stored  # type: ignore[no-any-return]
 
     def get(self, key: bytes, default: Any = None) -> Any:
-        """The value stored under ``key``, or ``default``.  Cost: one tree descent
-        (~1-2 µs with cached pages).  Raises ``TypeError`` for a non-bytes key."""
-        state = self._live()
-        v = lookup(state.pager, self._meta.root, as_key(key))
+        """The value stored under ``key``, or ``default``.  Cost: a memtable probe and one
+        tree descent (~1-2 µs with cached pages).  Raises ``TypeError`` for a non-bytes
+        key."""
+        v = read_state(self._live(), as_key(key))
         if v is MISSING:
             return default
         return self._value(v)
@@ -153,14 +180,17 @@ class Snapshot:
 
     def __len__(self) -> int:
         """Number of keys.  Cost: O(1)."""
-        self._live()
-        return self._meta.entries
+        return self._live().entries
 
     def _raw(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, Any]]:
         state = self._live()
-        return scan(state.pager, self._meta.root, start, stop, reverse)
+        it = scan(state.pager, state.root, start, stop, reverse)
+        for mem in reversed(state.mems):  # oldest overlay first, the newest wins
+            if len(mem):
+                it = merge(it, mem.range(start, stop, reverse, state.seq), reverse)
+        return it
 
     def _range(
         self, start: object, stop: object, prefix: object, reverse: bool
@@ -212,7 +242,7 @@ class Snapshot:
         self._live()
         raise ReadOnlyError("cannot write in a read snapshot; use db.begin(write=True)")
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+    def put_many(self, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
         """Refused on a read snapshot: raises :class:`~kvmap.ReadOnlyError`."""
         self._live()
         raise ReadOnlyError("cannot write in a read snapshot; use db.begin(write=True)")
@@ -230,14 +260,18 @@ class WriteTxn(Snapshot):
     on an exception.  Only one exists at a time per database (other threads wait in
     ``begin(write=True)``)."""
 
-    __slots__ = ("_writes", "_len", "_max_key", "_sync")
+    __slots__ = ("_writes", "_akeys", "_avals", "_replaced", "_len", "_max_key", "_sync")
 
     write = True
 
-    def __init__(self, db: Database, state: State, sync: str) -> None:
-        super().__init__(db, state, None)
-        self._writes: Any = SortedDict()
-        self._len: int | None = state.meta.entries
+    def __init__(self, db: Database, state: State, token: int, sync: str) -> None:
+        super().__init__(db, state, token)
+        # a plain dict: put is one store; the batch is sorted once, at commit
+        self._writes: dict[bytes, bytes | None] = {}
+        self._akeys: list[bytes] = []  # put_many(append=True) batch, ascending
+        self._avals: list[bytes] = []
+        self._replaced = 0  # appended keys that replace a key deleted in this transaction
+        self._len: int | None = state.entries
         self._max_key = db.max_key_size
         self._sync = sync
 
@@ -256,20 +290,24 @@ class WriteTxn(Snapshot):
     def __del__(self) -> None:
         if not self._done:
             self._done = True
-            self._db._end_write()
+            self._db._end_write(self._token)
 
     # -- writes --------------------------------------------------------------------------
-    def put(self, key: bytes, value: bytes) -> None:
-        """Store ``value`` under ``key`` (replacing any old value).  Cost: a sorted-dict
-        insert (~1 µs); the tree is touched at commit.  Raises ``TypeError``,
-        :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ValueTooLargeError`."""
-        self._live()
+    def _checked(self, key: object, value: object) -> tuple[bytes, bytes]:
         k = as_key(key)
         v = as_value(value)
         if len(k) > self._max_key:
             raise KeyTooLargeError(f"key of {len(k)} bytes exceeds max_key_size={self._max_key}")
         if len(v) > MAX_VALUE_SIZE:
             raise ValueTooLargeError(f"value of {len(v)} bytes exceeds {MAX_VALUE_SIZE}")
+        return k, v
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Store ``value`` under ``key`` (replacing any old value).  Cost: a sorted-dict
+        insert (~1 µs); files are touched at commit.  Raises ``TypeError``,
+        :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ValueTooLargeError`."""
+        self._live()
+        k, v = checked_item(key, value, self._max_key)
         self._writes[k] = v
         self._len = None
 
@@ -288,11 +326,45 @@ class WriteTxn(Snapshot):
         if not self.delete(key):
             raise KeyError(key)
 
-    def put_many(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """``put`` every (key, value) pair of ``items``, in any order."""
-        put = self.put
-        for k, v in items:
-            put(k, v)
+    def put_many(self, items: Iterable[tuple[bytes, bytes]], append: bool = False) -> None:
+        """``put`` every (key, value) pair of ``items``.
+
+        With ``append=True`` the keys must be strictly ascending and greater than every key
+        in the database and in this transaction: they are then kept in a plain list (no
+        sorted insert) and, at commit, written straight into the tree bottom-up with every
+        page filled (no WAL, no per-key splits), like LMDB's ``MDB_APPEND``.  The commit is
+        then a checkpoint plus one tree commit: use it for loads of many keys.  A key out of
+        order raises :class:`~kvmap.OrderError`; the items before it stay in the
+        transaction.  Cost: O(1) per item while buffering (``append=True``), O(log n)
+        otherwise.
+        """
+        if not append:
+            put = self.put
+            for k, v in items:
+                put(k, v)
+            return
+        self._live()
+        akeys, avals = self._akeys, self._avals
+        writes = self._writes
+        if akeys:  # every base key is below akeys[0]; puts since then may not be
+            live = [k for k, v in writes.items() if v is not None]
+            last: bytes | None = max(akeys[-1], max(live)) if live else akeys[-1]
+        else:
+            last = next(self.keys(reverse=True), None)
+        for key, value in items:
+            k, v = checked_item(key, value, self._max_key)
+            if last is not None and k <= last:
+                raise OrderError(
+                    f"put_many(append=True): key {k[:40]!r} is not greater than "
+                    f"{last[:40]!r} (keys must ascend and follow every existing key)"
+                )
+            if k in writes:  # deleted earlier in this transaction: the append wins
+                del writes[k]
+                self._replaced += 1  # a base key, so not a new one for len()
+            akeys.append(k)
+            avals.append(v)
+            last = k
+            self._len = None
 
     # -- reads see the buffer first ------------------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
@@ -301,7 +373,12 @@ class WriteTxn(Snapshot):
         k = as_key(key)
         v = self._writes.get(k, MISSING)
         if v is MISSING:
-            v = lookup(state.pager, self._meta.root, k)
+            akeys = self._akeys
+            if akeys and k >= akeys[0]:
+                i = bisect_left(akeys, k)
+                if i < len(akeys) and akeys[i] == k:
+                    return self._avals[i]
+            v = read_state(state, k)
             if v is MISSING:
                 return default
             return self._value(v)
@@ -312,10 +389,14 @@ class WriteTxn(Snapshot):
         one lookup per buffered key after a write."""
         state = self._live()
         if self._len is None:
-            n = self._meta.entries
-            root = self._meta.root
+            akeys = self._akeys
+            n = state.entries + len(akeys) - self._replaced
             for k, v in self._writes.items():
-                before = lookup(state.pager, root, k) is not MISSING
+                i = bisect_left(akeys, k)
+                if i < len(akeys) and akeys[i] == k:
+                    before = True
+                else:
+                    before = read_state(state, k) is not MISSING
                 n += (v is not None) - before
             self._len = n
         return self._len
@@ -323,106 +404,85 @@ class WriteTxn(Snapshot):
     def _raw(
         self, start: bytes | None, stop: bytes | None, reverse: bool
     ) -> Iterator[tuple[bytes, Any]]:
-        base = super()._raw(start, stop, reverse)
+        it = super()._raw(start, stop, reverse)
+        akeys = self._akeys
+        if akeys:
+            lo = 0 if start is None else bisect_left(akeys, start)
+            hi = len(akeys) if stop is None else bisect_left(akeys, stop)
+            pairs = list(zip(akeys[lo:hi], self._avals[lo:hi]))
+            if reverse:
+                pairs.reverse()
+            it = merge(it, iter(pairs), reverse)
         writes = self._writes
-        if not writes:
-            return base
-        # Iterate a copy of the buffered keys in range, so writes during iteration are safe.
-        keys = list(writes.irange(start, stop, inclusive=(True, False), reverse=reverse))
-        overlay = ((k, writes[k] if k in writes else None) for k in keys)
-        return merge(base, overlay, reverse)
+        if writes:
+            # a sorted copy of the buffered keys in range (O(writes) per scan), so writes
+            # during the iteration are safe; values are read as the scan reaches them
+            keys = sorted(
+                (k for k in writes if (start is None or k >= start) and (stop is None or k < stop)),
+                reverse=reverse,
+            )
+            overlay = ((k, writes[k]) for k in keys)
+            it = merge(it, overlay, reverse)
+        return it
+
+    def _ops(self) -> list[tuple[bytes, bytes | None]]:
+        """The sorted batch this transaction commits (appended keys follow all others
+        unless a later ``put``/``delete`` touched them, which then wins)."""
+        ops = sorted(self._writes.items())  # keys are unique: values are never compared
+        if not self._akeys:
+            return ops
+        appended = list(zip(self._akeys, self._avals))
+        if not ops or ops[-1][0] < appended[0][0]:
+            return ops + appended
+        merged: dict[bytes, bytes | None] = dict(appended)
+        merged.update(ops)
+        return sorted(merged.items())
 
     # -- end -----------------------------------------------------------------------------
     def abort(self) -> None:
         """Discard every write of this transaction (idempotent).  Cost: O(1)."""
         if not self._done:
             self._done = True
-            self._writes = SortedDict()
-            self._db._end_write()
+            self._writes = {}
+            self._akeys, self._avals = [], []
+            self._db._end_write(self._token)
 
     def close(self) -> None:
         """Same as :meth:`abort`."""
         self.abort()
 
     def commit(self) -> None:
-        """Make this transaction's writes durable (per the sync mode) and visible.
+        """Make this transaction's writes visible and durable per its sync mode.
 
-        The steps, in this order (a crash between any two leaves the previous commit):
-
-        1. release pending pages that no snapshot can reach any more (invariant 4);
-        2. apply the sorted write buffer to the tree, copy-on-write (new pages only);
-        3. free the replaced pages and persist the freelist as a new run;
-        4. extend the file (and mappings) to cover the new high-water mark;
-        5. write every new page, then ``fdatasync`` (unless ``sync="off"``);
-        6. write meta page ``txnid % 2``, then ``fdatasync`` (``sync="full"`` only);
-        7. publish: new pages enter the decoded-page cache, the new meta becomes current.
+        The writes become one WAL frame and enter the memtable (``Database._commit``); under
+        ``sync="full"`` the commit returns after the frame is synced (commits of other
+        threads share that fsync: group commit).  A transaction that used
+        ``put_many(append=True)`` instead runs a checkpoint and writes the tree directly.
+        May run an automatic checkpoint afterwards when the WAL passed ``checkpoint_size``.
 
         Raises :class:`~kvmap.FatalError` if a write or sync fails (the handle is then
         unusable and the commit did not happen), :class:`~kvmap.TxnClosedError` if the
-        transaction is finished.  Cost: O(touched pages) encodes and writes, plus the syncs.
+        transaction is finished.  Cost: one frame encode and write (plus an fsync under
+        ``full``), and a memtable insert and a lookup per key.
         """
         self._live()
         self._done = True
         db = self._db
+        seq = 0
+        # The snapshot this transaction read from is released first: it must not count as
+        # an older reader that needs the versions this commit replaces (_commit protects
+        # its own reads of the base state).
+        db._unregister(self._token)  # type: ignore[arg-type]
         try:
-            if self._writes:
-                db._commit(self._state, self._writes, self._sync)
+            if self._akeys:
+                db._commit_tree(self._ops())
+            elif self._writes:
+                seq = db._commit(self._ops(), self._sync)
         finally:
-            self._writes = SortedDict()
-            db._end_write()
-
-
-def commit_tree(db: Database, state: State, writes: Any, sync: str) -> Meta:
-    """The commit sequence of :meth:`WriteTxn.commit` (steps 1-6); returns the new meta.
-    The caller publishes it (step 7).  Raises ``OSError`` on I/O failure."""
-    meta = state.meta
-    pager = state.pager
-    freelist = state.freelist
-    txnid = meta.txnid + 1
-    ps = meta.page_size
-    # 1. pending pages become reusable once no snapshot can reach them and the meta that
-    #    stopped referencing them is durable (a torn newer meta falls back to it).
-    #    Under sync="off" nothing is promised across power loss, so only readers count.
-    durable = meta.txnid if sync == "off" else db._durable_txnid
-    freelist.release(db._oldest_reader(durable))
-    # 2. the batch, copy-on-write
-    writer = TreeWriter(pager, freelist, txnid, meta.hwm)
-    root, depth = writer.apply(meta.root, meta.depth, list(writes.items()))
-    # 3. freelist: the old run is freed like any replaced page; the new run is allocated
-    #    last, which only shrinks what it must hold, so the estimate is an upper bound.
-    if meta.freelist:
-        _, length = run_header(pager.page(meta.freelist), meta.freelist, PAGE_FREELIST)
-        writer.free(meta.freelist, run_pages(length, ps))
-    freelist.add_pending(txnid, writer.freed)
-    fl_pgno = 0
-    if len(freelist):
-        npages = run_pages(freelist.encoded_size(), ps)
-        fl_pgno = writer.alloc(npages)
-        payload = freelist.encode()
-        # Taking the run's own pages off the list may leave it needing fewer pages than
-        # allocated: pad the payload so its recorded length spans every page of the run
-        # (the decoder ignores bytes after the groups), or those pages would leak.
-        capacity = npages * ps - RUN_DATA_OFFSET
-        assert len(payload) <= capacity
-        payload += bytes(capacity - len(payload))
-        writer.runs[fl_pgno] = encode_run(PAGE_FREELIST, fl_pgno, txnid, payload, ps)
-    new = Meta(
-        txnid, ps, root, fl_pgno, writer.hwm, meta.entries + writer.delta, depth,
-        meta.wal_seq, meta.wal_salt,
-    )  # fmt: skip
-    # 4. grow the file before anything refers to the new pages (invariant 7)
-    pager.ensure_pages(new.hwm)
-    # 5. pages, then sync
-    pager.write_all(writer.encoded_pages())
-    if sync != "off":
-        pager.sync()
-        db._durable_txnid = meta.txnid
-    # 6. meta, then sync
-    pager.write(txnid % 2, new.encode())
-    if sync == "full":
-        pager.sync()
-        db._durable_txnid = txnid
-    # the new nodes are decoded already: the cache gets them (step 7 begins here)
-    for pgno, node in writer.dirty.items():
-        pager.remember(pgno, node)
-    return new
+            self._writes = {}
+            self._akeys, self._avals = [], []
+            db._end_write(self._token)
+        if seq and self._sync == "full":
+            db._sync_wal(seq)
+        if seq:
+            db._maybe_checkpoint()

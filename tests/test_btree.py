@@ -497,7 +497,7 @@ def test_writer_updates_a_built_tree(store: Store, rng: random.Random) -> None:
 
 
 def test_database_mass_delete_merges_pages(open_db: Any, rng: random.Random) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit folds into the tree
     model = {b"%05d" % i: b"v" * rng.randrange(10, 60) for i in range(3000)}
     db.put_many(model.items())
     before = db.stats()["pages"]
@@ -518,7 +518,7 @@ def test_database_mass_delete_merges_pages(open_db: Any, rng: random.Random) -> 
 
 
 def test_database_overwriting_a_large_value_stops_growing(open_db: Any, db_path: str) -> None:
-    db = open_db(sync="full")
+    db = open_db(sync="full", checkpoint_size=0)  # every commit rewrites the tree
     sizes = []
     for i in range(40):
         db.put(b"large", bytes([i]) * 50_000)
@@ -535,7 +535,7 @@ def test_database_overwriting_a_large_value_stops_growing(open_db: Any, db_path:
 
 
 def test_database_max_key_size(open_db: Any) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)
     assert db.max_key_size == MAXK
     k = b"\xfe" * MAXK
     db[k] = b"v" * 5000
@@ -549,7 +549,7 @@ def test_database_max_key_size(open_db: Any) -> None:
 
 
 def test_database_compact_builds_a_valid_smaller_tree(open_db: Any, rng: random.Random) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # the deletes reach the tree, leaving free pages
     model = {b"%05d" % i: rand_value(rng) for i in range(2000)}
     db.put_many(model.items())
     with db.begin(write=True) as txn:
@@ -570,10 +570,8 @@ def test_database_compact_builds_a_valid_smaller_tree(open_db: Any, rng: random.
 
 
 @pytest.mark.parametrize("page_size", [1024, 4096, 65536])
-def test_database_other_page_sizes(
-    open_db: Any, rng: random.Random, page_size: int
-) -> None:
-    db = open_db(page_size=page_size, sync="off")
+def test_database_other_page_sizes(open_db: Any, rng: random.Random, page_size: int) -> None:
+    db = open_db(page_size=page_size, sync="off", checkpoint_size=0)
     mk = db.max_key_size
     assert mk == max_key_size(page_size)
     model: dict[bytes, bytes] = {}

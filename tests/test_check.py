@@ -89,7 +89,9 @@ def layout(path: str) -> Layout:
 
 def make_db(path: str) -> None:
     rng = random.Random(7)
-    with kvmap.open(path, page_size=PS) as db:
+    # checkpoint_size=0: every commit folds into the tree, so the file holds freed pages
+    # (pending and reusable) and a freelist run, as the damage tests need
+    with kvmap.open(path, page_size=PS, checkpoint_size=0) as db:
         db.put_many((b"key%05d" % i, b"v%d" % i * rng.randrange(1, 12)) for i in range(1500))
         db.put_many((b"big%d" % i, bytes([65 + i]) * (2000 + 700 * i)) for i in range(6))
         with db.begin(write=True) as txn:

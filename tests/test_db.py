@@ -120,9 +120,9 @@ def test_iteration_is_in_key_order(db: kvmap.Database, rng: random.Random) -> No
 def test_put_many(db: kvmap.Database, rng: random.Random) -> None:
     items = [(b"k%04d" % i, b"v%d" % i) for i in range(500)]
     rng.shuffle(items)
-    before = db.stats()["txnid"]
+    before = db.stats()["commit_seq"]
     db.put_many(items)
-    assert db.stats()["txnid"] == before + 1  # one commit
+    assert db.stats()["commit_seq"] == before + 1  # one commit
     assert list(db.items()) == sorted(items)
     # a generator works too, and later pairs win over earlier ones
     db.put_many((k, b"again") for k in [b"k0000", b"k0000", b"new"])
@@ -179,6 +179,20 @@ SCAN_BOUNDS: list[dict[str, bytes | None]] = [
 def test_db_scans_match_model(db: kvmap.Database, rng: random.Random, reverse: bool) -> None:
     model = _scan_model(rng)
     db.put_many(model.items())
+    db.checkpoint()  # the model is in the tree; then rewrite and delete some keys in the WAL
+    with db.begin(write=True) as txn:
+        for k in rng.sample(sorted(model), len(model) // 4):
+            if rng.random() < 0.5:
+                txn.delete(k)
+                del model[k]
+            else:
+                model[k] = b"new" + k
+                txn.put(k, model[k])
+        for _ in range(len(model) // 8):
+            k = rng.randbytes(rng.randrange(1, 4))
+            model[k] = b"added"
+            txn.put(k, b"added")
+    assert db.stats()["memtable_keys"] > 0 and db.stats()["entries"] == len(model)
     for kw in SCAN_BOUNDS:
         want = expected_range(model, reverse=reverse, **kw)
         assert list(db.items(**kw, reverse=reverse)) == want, kw
@@ -217,7 +231,8 @@ def test_scan_is_lazy_and_sees_one_snapshot(db: kvmap.Database) -> None:
     assert list(db.values()).count(b"new") == 300
 
 
-def test_abandoned_scan_does_not_pin_pages_forever(db: kvmap.Database) -> None:
+def test_abandoned_scan_does_not_pin_pages_forever(open_db: OpenDB) -> None:
+    db = open_db(checkpoint_size=0)  # every commit rewrites the tree, freeing pages
     db.put_many((b"%04d" % i, b"x" * 40) for i in range(400))
     it = db.items()
     next(it)
@@ -417,7 +432,7 @@ def test_64mib_value(open_db: OpenDB) -> None:
 
 @pytest.mark.parametrize("page_size", [512, 4096, 65536])
 def test_max_key_size(open_db: OpenDB, page_size: int) -> None:
-    db = open_db(page_size=page_size)
+    db = open_db(page_size=page_size, checkpoint_size=0)  # the keys go into tree pages
     n = db.max_key_size
     assert n >= 100
     if page_size >= 4096:
@@ -481,6 +496,7 @@ def test_small_database_stays_small(db_path: str) -> None:
     with kvmap.open(db_path) as db:
         for i in range(10):
             db[b"%d" % i] = b"v"
+        db.checkpoint()  # the keys are in the tree
         assert db.stats()["file_size"] <= 256 * 1024
 
 
@@ -488,7 +504,7 @@ def test_small_database_stays_small(db_path: str) -> None:
 
 
 def test_many_keys_across_segments_then_reopen(open_db: OpenDB, rng: random.Random) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit grows the tree under the early snapshot
     model: dict[bytes, bytes] = {}
     early = db.begin()  # a snapshot of the empty database, held across all the growth
     segments_before = db.stats()["segments"]
@@ -555,7 +571,11 @@ def test_stats(db: kvmap.Database) -> None:
     assert empty["depth"] == 0
     db.put_many((b"%05d" % i, b"v" * 30) for i in range(3000))
     db.put(b"big", pattern(5000))
+    pending = db.stats()  # the commits are in the WAL and the memtable, not the tree yet
+    assert pending["entries"] == 3001 and pending["memtable_keys"] == 3001
+    db.checkpoint()  # the page counts below describe the tree: fold the WAL into it
     stats = db.stats()
+    assert stats["memtable_keys"] == 0
     assert stats["entries"] == 3001 == len(db)
     assert stats["depth"] >= 3  # 512-byte pages: a deep tree
     assert stats["file_size"] == data_size(db)
@@ -567,6 +587,7 @@ def test_stats(db: kvmap.Database) -> None:
     with db.begin(write=True) as txn:
         for i in range(0, 3000, 2):
             del txn[b"%05d" % i]
+    db.checkpoint()
     after = db.stats()
     assert after["entries"] == 1501
     assert after["free_pages"] > stats["free_pages"]
@@ -575,13 +596,14 @@ def test_stats(db: kvmap.Database) -> None:
 def test_check_passes_and_counts_pages(db: kvmap.Database) -> None:
     assert isinstance(db.check(), dict)
     db.put_many((b"%05d" % i, b"v" * 20) for i in range(2000))
+    db.checkpoint()  # check() verifies the tree: fold the WAL into it
     counts = db.check()
     assert counts["leaf"] > 1 and counts["branch"] >= 1
     assert counts == db.stats()["pages"]
 
 
 def test_compact_shrinks_file_and_keeps_contents(open_db: OpenDB, rng: random.Random) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # the deletes reach the tree: the file holds freed pages
     model = {b"%06d" % i: rng.randbytes(rng.choice([10, 90, 1500])) for i in range(8000)}
     db.put_many(model.items())
     keep = set(rng.sample(sorted(model), 400))
@@ -672,10 +694,13 @@ def test_pathlike(tmp_path: os.PathLike[str]) -> None:
 def test_readers_and_a_writer_in_threads(open_db: OpenDB) -> None:
     """Each commit writes the same counter to ``a`` and ``b`` and to a block of keys; readers
     verify that every view is one commit: ``a == b`` in a snapshot, a scan shows one version,
-    and versions never go backwards.  (``sync="off"``: fsyncs would only slow the writer.)"""
-    db = open_db(sync="off")
+    and versions never go backwards.  (``sync="off"``: fsyncs would only slow the writer.)
+    A small ``checkpoint_size`` folds the WAL into the tree every few commits, so readers
+    read the memtable, frozen memtables and a changing tree."""
+    db = open_db(sync="off", checkpoint_size=128 * 1024)
     nblock = 60
     db.put_many([(b"a", b"0"), (b"b", b"0")] + [(b"blk%03d" % i, b"0") for i in range(nblock)])
+    first_txnid = db.stats()["txnid"]
     stop = threading.Event()
     errors: list[BaseException] = []
     commits = 400
@@ -737,6 +762,7 @@ def test_readers_and_a_writer_in_threads(open_db: OpenDB) -> None:
     if errors:
         raise errors[0]
     assert db[b"a"] == db[b"b"] == b"%d" % commits
+    assert db.stats()["txnid"] >= first_txnid + 4  # checkpoints ran while readers read
     db.check()
 
 
@@ -788,7 +814,7 @@ def test_readers_and_writer_with_a_small_page_cache(
     """``cache_size=0`` keeps the decoded-page cache at its minimum, so every thread evicts
     from it all the time; neither the readers nor the writer may see an error, and the
     writer's handle must stay usable."""
-    db = open_db(sync="off", cache_size=0)
+    db = open_db(sync="off", cache_size=0, checkpoint_size=0)  # every commit rewrites the tree
     db.put_many((b"%05d" % i, b"v" * (i % 900)) for i in range(3000))
     stop = threading.Event()
     errors: list[BaseException] = []

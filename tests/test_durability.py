@@ -6,8 +6,10 @@
    After reopening, every acknowledged commit is present, the state is exactly the state of
    one commit (no partial transaction) and ``check()`` passes.
 2. Faults.  A :class:`kvmap.fileio.FileSystem` subclass makes the N-th ``pwrite`` or
-   ``fdatasync`` fail (ENOSPC, EIO), for every N a small workload reaches: the failing commit
-   raises :class:`kvmap.FatalError`, the handle refuses further use with ``FatalError``, and a
+   ``fdatasync`` (or file growth) fail (ENOSPC, EIO), for every N a small workload reaches,
+   with a checkpoint after every commit (``checkpoint_size=0``: the WAL frame, then the fold
+   into the tree) and with commits that only append to the WAL: the failing commit raises
+   :class:`kvmap.FatalError`, the handle refuses further use with ``FatalError``, and a
    reopen with the real file system passes ``check()`` and holds exactly the state before or
    after that transaction.
 
@@ -246,10 +248,12 @@ def base_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dic
     yield path, state
 
 
-def _run_workload(path: str, fs: FaultyFS, sync: str) -> tuple[int | None, BaseException | None]:
+def _run_workload(
+    path: str, fs: FaultyFS, sync: str, checkpoint_size: int
+) -> tuple[int | None, BaseException | None]:
     """Run the workload through ``fs``; returns (index of the failing txn, its exception)."""
     with fileio.installed(fs):
-        db = kvmap.open(path, page_size=512, sync=sync)
+        db = kvmap.open(path, page_size=512, sync=sync, checkpoint_size=checkpoint_size)
     fs.armed = True
     failed_at: int | None = None
     exc: BaseException | None = None
@@ -286,31 +290,37 @@ def _run_workload(path: str, fs: FaultyFS, sync: str) -> tuple[int | None, BaseE
     return failed_at, exc
 
 
-def _count_calls(base: str, tmp: Path, sync: str) -> dict[str, int]:
+def _count_calls(base: str, tmp: Path, sync: str, checkpoint_size: int) -> dict[str, int]:
     path = str(tmp / "count")
     shutil.copytree(base, path)
     fs = FaultyFS("none", 0, 0)
-    failed_at, exc = _run_workload(path, fs, sync)
+    failed_at, exc = _run_workload(path, fs, sync, checkpoint_size)
     assert failed_at is None, exc
     return dict(fs.calls)
 
 
+WAL_ONLY = 1 << 30  # a checkpoint_size the workload never reaches: commits only append
 FAULTS = [
-    ("full", "pwrite", errno.ENOSPC, False),
-    ("full", "pwrite", errno.ENOSPC, True),
-    ("full", "pwrite", errno.EIO, False),
-    ("full", "fdatasync", errno.EIO, False),
-    ("full", "fdatasync", errno.ENOSPC, False),
-    ("full", "truncate", errno.ENOSPC, False),
-    ("full", "mmap", errno.ENOMEM, False),
-    ("normal", "pwrite", errno.ENOSPC, True),
-    ("normal", "pwrite", errno.EIO, False),
-    ("normal", "fdatasync", errno.EIO, False),
-    ("off", "pwrite", errno.ENOSPC, True),
+    ("full", "pwrite", errno.ENOSPC, False, 0),
+    ("full", "pwrite", errno.ENOSPC, True, 0),
+    ("full", "pwrite", errno.EIO, False, 0),
+    ("full", "fdatasync", errno.EIO, False, 0),
+    ("full", "fdatasync", errno.ENOSPC, False, 0),
+    ("full", "truncate", errno.ENOSPC, False, 0),
+    ("full", "mmap", errno.ENOMEM, False, 0),
+    ("normal", "pwrite", errno.ENOSPC, True, 0),
+    ("normal", "pwrite", errno.EIO, False, 0),
+    ("normal", "fdatasync", errno.EIO, False, 0),
+    ("off", "pwrite", errno.ENOSPC, True, 0),
+    # commits that only append a WAL frame (earlier commits must be replayed from the WAL)
+    ("full", "pwrite", errno.ENOSPC, True, WAL_ONLY),
+    ("full", "pwrite", errno.EIO, False, WAL_ONLY),
+    ("full", "fdatasync", errno.EIO, False, WAL_ONLY),
+    ("normal", "pwrite", errno.ENOSPC, True, WAL_ONLY),
 ]
 
 
-@pytest.mark.parametrize(("sync", "op", "err", "torn"), FAULTS)
+@pytest.mark.parametrize(("sync", "op", "err", "torn", "checkpoint_size"), FAULTS)
 def test_fault_injection(
     base_db: tuple[str, dict[bytes, bytes]],
     tmp_path: Path,
@@ -318,9 +328,10 @@ def test_fault_injection(
     op: str,
     err: int,
     torn: bool,
+    checkpoint_size: int,
 ) -> None:
     base, base_state = base_db
-    total = _count_calls(base, tmp_path, sync)[op]
+    total = _count_calls(base, tmp_path, sync, checkpoint_size)[op]
     assert total >= (5 if op in ("pwrite", "fdatasync") else 1), f"only {total} {op} calls"
     states = [base_state]
     for txn_ops in _workload():
@@ -329,8 +340,11 @@ def test_fault_injection(
         path = str(tmp_path / f"case{n}")
         shutil.copytree(base, path)
         fs = FaultyFS(op, n, err, torn)
-        failed_at, exc = _run_workload(path, fs, sync)
-        where = f"{op} #{n} of {total} ({errno.errorcode[err]}, torn={torn}, sync={sync})"
+        failed_at, exc = _run_workload(path, fs, sync, checkpoint_size)
+        where = (
+            f"{op} #{n} of {total} ({errno.errorcode[err]}, torn={torn}, sync={sync}, "
+            f"checkpoint_size={checkpoint_size})"
+        )
         assert fs.fired, where
         assert failed_at is not None, f"{where}: no transaction failed"
         assert isinstance(exc, kvmap.FatalError), f"{where}: raised {exc!r}"
@@ -484,3 +498,40 @@ def test_fault_during_compact_raises_kvmap_error(db_path: str, op: str) -> None:
     with kvmap.open(db_path) as db:
         db.check()
         assert dict(db.items()) == state
+
+
+def test_damage_in_an_old_wal_the_tree_covers_loses_nothing(db_path: str) -> None:
+    """A crash between a checkpoint's meta write and its deletion of the old WAL leaves that
+    WAL behind, while the commits made during the checkpoint are in the new one.  Damage in
+    the old file (whose frames the tree holds already) must not hide the new file's
+    acknowledged commits, and open must not raise: nothing is missing."""
+    with kvmap.open(db_path, page_size=512, sync="full") as db:
+        for i in range(3):
+            db.put(b"a%d" % i, b"x" * 50)  # commits 1..3: the first WAL
+        assert db._wal is not None
+        old = db._wal.path
+        with open(old, "rb") as f:
+            saved = f.read()
+        db.checkpoint()  # meta wal_seq=3; a new WAL; the old one deleted
+        db.put(b"b1", b"acked")  # commits 4, 5 go to the new WAL, fsynced
+        db.put(b"b2", b"acked")
+        want = dict(db.items())
+        db._wal.close()  # a crash: no final checkpoint, the WALs stay as they are
+        db._state = None
+        db._closed = True
+        db._release_files()
+    assert len(list(Path(db_path).glob("kvmap.wal.*"))) == 1
+    frame2 = 64 + int.from_bytes(saved[64:72], "little")  # where the second frame starts
+    for offset in (70, 64 + 30, frame2 + 20, len(saved) - 1):  # length, ops, frame 2, tail
+        damaged = bytearray(saved)
+        damaged[offset] ^= 0x10
+        with open(old, "wb") as f:
+            f.write(bytes(damaged))
+        with kvmap.open(db_path, readonly=True) as ro:
+            assert dict(ro.items()) == want, offset
+    with kvmap.open(db_path) as db:  # the writable open folds the new WAL's commits
+        assert dict(db.items()) == want
+        db.check()
+    assert not os.path.exists(old)
+    with kvmap.open(db_path) as db:
+        assert dict(db.items()) == want

@@ -1,4 +1,4 @@
-"""docs/format.md is the specification of the data file: check that kvmap agrees with it.
+"""docs/format.md is the specification of the data file and the WAL: check that kvmap agrees.
 
 * :func:`doc_problems` parses the byte tables of docs/format.md and compares them with the
   structs of :mod:`kvmap.format`: every table whose heading names a struct constant must
@@ -7,9 +7,9 @@
   page-size limits quoted in the doc must equal the code, and every struct and constant of
   :mod:`kvmap.format` must be documented.  It returns a list of problems, so the mutation
   tests can show that it catches a doc or a struct changed without the other.
-* :func:`test_real_file_matches_doc` builds a real database and decodes its data file with
-  plain :mod:`struct`, using only layouts built from the doc's tables: the doc describes
-  the real file.
+* :func:`test_real_file_matches_doc` builds a real database and decodes its data file and
+  a WAL file holding frames with plain :mod:`struct`, using only layouts built from the
+  doc's tables: the doc describes the real files.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from crc32c import crc32c
 
 import kvmap
 from kvmap import format as kvformat
-from kvmap import segments
+from kvmap import segments, wal
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 BYTE_COLUMNS = ["offset", "size", "type", "field", "meaning"]
@@ -44,6 +44,9 @@ STRUCT_BASE = {
     "RUN_LENGTH": kvformat.PAGE_HEADER_SIZE,  # encode_run packs it right after the header
     "FREELIST_HEAD": kvformat.RUN_DATA_OFFSET,  # the freelist payload starts the run's data
     "OVERFLOW_REF": 0,  # relative to its value slot in a leaf page (the doc says so)
+    "WAL_HEADER": 0,  # the first bytes of a WAL file (wal.encode_header)
+    "WAL_FRAME_HEAD": 0,  # relative to the start of a frame (wal.encode_frame)
+    "WAL_OP": 0,  # relative to the start of an operation inside a frame
 }
 # Structs of kvmap.format without a table of their own, and why.
 NOT_TABLED = {
@@ -316,6 +319,17 @@ def test_doc_has_the_required_tables() -> None:
         assert any(h.startswith(title) for h in headings), title
 
 
+def test_doc_describes_the_wal() -> None:
+    text = doc_text()
+    assert f"`{wal.wal_name(255)}`" in text  # the naming example follows the code
+    assert "Replay stops at the first frame that does not count" in text
+    for heading in ("## The write-ahead log", "### Which frames count", "### Recovery",
+                    "## Commit and checkpoint order on disk"):  # fmt: skip
+        assert f"\n{heading}" in text, heading
+    meta = next(t for t in parse_tables(text) if "`META_BODY`" in t.heading)
+    assert [r[3] for r in meta.rows if r[3].startswith("wal_")] == ["wal_seq", "wal_salt"]
+
+
 def test_formulas_quoted_in_doc() -> None:
     text = doc_text()
     assert "(page_size - 24) // 4" in text
@@ -389,6 +403,29 @@ DOC_MUTATIONS = [
     ("a max key size", "| 4096 | 4072 | 1018 | 1006 |", "| 4096 | 4072 | 1018 | 1004 |"),
     ("a struct's heading", "## Meta page (`META_BODY`)", "## Meta page"),
     ("a column", "| offset | size | type | field |", "| offset | size | type | name |"),
+    (
+        "a WAL header field moved",
+        "| 24 | 8 | u64 | start_seq |",
+        "| 24 | 8 | u64 | salt2 |\n| 32 | 8 | u64 | start_seq |",
+    ),
+    (
+        "the WAL header checksum dropped",
+        "| 32 | 4 | u32 | checksum | CRC-32C of bytes 0 .. 32 of the header",
+        "| 32 | 4 | bytes[4] | checksum | CRC-32C of bytes 0 .. 32 of the header",
+    ),
+    ("a WAL frame field resized", "| 24 | 4 | u32 | count |", "| 24 | 8 | u64 | count |"),
+    ("a WAL frame field retyped", "| 16 | 8 | u64 | seq |", "| 16 | 8 | bytes[8] | seq |"),
+    ("a WAL op length narrowed", "| 1 | 2 | u16 | key_len |", "| 1 | 1 | u8 | key_len |"),
+    (
+        "a WAL op array misplaced",
+        "| 7+k | v | bytes[v] | value |",
+        "| 8+k | v | bytes[v] | value |",
+    ),
+    ("the WAL magic", '| `WAL_MAGIC` | b"KVMAPWAL" |', '| `WAL_MAGIC` | b"KVMAPWAl" |'),
+    ("the WAL header size", "| `WAL_HEADER_SIZE` | 64 |", "| `WAL_HEADER_SIZE` | 36 |"),
+    ("a WAL op kind", "| `WAL_OP_DELETE` | 2 |", "| `WAL_OP_DELETE` | 3 |"),
+    ("the WAL prefix", '| `WAL_PREFIX` | "kvmap.wal." |', '| `WAL_PREFIX` | "kvmap-wal-" |'),
+    ("a WAL heading", "### WAL frame (`WAL_FRAME_HEAD`)", "### WAL frame"),
 ]
 
 
@@ -421,6 +458,15 @@ STRUCT_MUTATIONS = {
     "a new constant": {"NEW_LIMIT": 7},
     "version bumped": {"FORMAT_VERSION": 2},
     "a page type renumbered": {"PAGE_OVERFLOW": 6},
+    "WAL_HEADER loses its checksum": {"WAL_HEADER": struct.Struct("<8sIIQQ")},
+    "WAL_HEADER start_seq narrowed": {"WAL_HEADER": struct.Struct("<8sIIQII")},
+    "WAL_FRAME_HEAD count widened": {"WAL_FRAME_HEAD": struct.Struct("<QQQQI")},
+    "WAL_FRAME_HEAD gains a field": {"WAL_FRAME_HEAD": struct.Struct("<QQQIIQ")},
+    "WAL_OP key length widened": {"WAL_OP": struct.Struct("<BII")},
+    "WAL_OP fields swapped": {"WAL_OP": struct.Struct("<BIH")},
+    "WAL magic changed": {"WAL_MAGIC": b"KVMAPLOG"},
+    "WAL op kind renumbered": {"WAL_OP_PUT": 3},
+    "WAL header size changed": {"WAL_HEADER_SIZE": 128},
 }
 
 
@@ -475,6 +521,48 @@ class DocLayouts:
         return dict(zip(fields, s.unpack_from(buf, start + base)))
 
 
+def decode_wal(doc: DocLayouts, raw: bytes) -> tuple[dict[str, Any], list[tuple[int, list[Any]]]]:
+    """The header and the frames (seq, operations) of a WAL file, decoded by the doc's tables
+    alone, asserting every rule of "Which frames count" on the way: the file must hold only
+    counting frames after its header."""
+    hdr = doc.unpack("WAL_HEADER", raw)
+    hdr_struct = doc.structs["WAL_HEADER"][0]
+    assert hdr["magic"] == doc.consts["WAL_MAGIC"] == b"KVMAPWAL"
+    assert hdr["version"] == doc.consts["FORMAT_VERSION"] and hdr["flags"] == 0
+    assert hdr["salt"] != 0
+    assert crc32c(raw[: hdr_struct.size - 4]) == hdr["checksum"]  # bytes before the field
+    size = doc.consts["WAL_HEADER_SIZE"]
+    assert raw[hdr_struct.size : size] == bytes(size - hdr_struct.size)  # zero padding
+    head = doc.structs["WAL_FRAME_HEAD"][0].size
+    op_size = doc.structs["WAL_OP"][0].size
+    frames: list[tuple[int, list[Any]]] = []
+    off, seq = size, hdr["start_seq"]
+    while off < len(raw):
+        f = doc.unpack("WAL_FRAME_HEAD", raw, off)
+        end = off + f["length"]
+        assert f["length"] >= head + 4 and end <= len(raw)
+        assert f["salt"] == hdr["salt"] and f["seq"] == seq + 1 and f["flags"] == 0
+        (crc,) = struct.unpack_from("<I", raw, end - 4)
+        assert crc == crc32c(raw[off : end - 4])
+        pos = off + head
+        ops: list[Any] = []
+        for _ in range(f["count"]):
+            op = doc.unpack("WAL_OP", raw, pos)
+            pos += op_size
+            key = raw[pos : pos + op["key_len"]]
+            pos += op["key_len"]
+            if op["kind"] == doc.consts["WAL_OP_PUT"]:
+                ops.append((key, raw[pos : pos + op["value_len"]]))
+                pos += op["value_len"]
+            else:
+                assert op["kind"] == doc.consts["WAL_OP_DELETE"] and op["value_len"] == 0
+                ops.append((key, None))
+        assert pos == end - 4  # the operations fill the frame up to its checksum
+        frames.append((f["seq"], ops))
+        seq, off = f["seq"], end
+    return hdr, frames
+
+
 def test_real_file_matches_doc(tmp_path: Path) -> None:
     doc = DocLayouts(doc_text())
     ps = 512
@@ -485,20 +573,51 @@ def test_real_file_matches_doc(tmp_path: Path) -> None:
     items[b"overflow-min"] = b"o" * (limit - 4 - len(b"overflow-min") + 1)  # one byte more
     items[b""] = b""
     path = tmp_path / "db"
-    with kvmap.open(path, page_size=ps) as db:
+    # two commits checkpointed one by one (so the tree has replaced, freed pages) ...
+    with kvmap.open(path, page_size=ps, checkpoint_size=0) as db:
         with db.begin(write=True) as txn:
             for k, v in items.items():
                 txn.put(k, v)
         db.put(b"key000", b"changed")
         items[b"key000"] = b"changed"
+    # ... then three that stay in the WAL until the checkpoint
+    large = bytes(range(256)) * 40  # an overflow run in the tree, whole in its WAL frame
+    logged: list[tuple[int, list[Any]]] = []
+    with kvmap.open(path, sync="full") as db:  # "full": every frame is in the file at once
+        wal_start = db.stats()["commit_seq"]
         with db.begin(write=True) as txn:
             for i in range(2, 40):
                 txn.delete(b"key%03d" % i)
                 del items[b"key%03d" % i]
+        logged.append((wal_start + 1, [(b"key%03d" % i, None) for i in range(2, 40)]))
+        with db.begin(write=True) as txn:
+            txn.put(b"wal-large", large)
+            txn.put(b"wal-empty", b"")
+            txn.delete(b"key040")
+        items.update({b"wal-large": large, b"wal-empty": b""})
+        del items[b"key040"]
+        logged.append(
+            (wal_start + 2, [(b"key040", None), (b"wal-empty", b""), (b"wal-large", large)])
+        )
+        db.put(b"", b"")  # the empty key and value, rewritten
+        logged.append((wal_start + 3, [(b"", b"")]))
+        last_seq = db.stats()["commit_seq"]
+        assert last_seq == wal_start + 3
+        wal_name = doc.consts["WAL_PREFIX"] + f"{wal_start:016x}"
+        wal_raw = (path / wal_name).read_bytes()
+        db.checkpoint()  # the tree takes the logged commits; a new WAL starts at last_seq
         last_txn = db.stats()["txnid"]
+    new_wal = doc.consts["WAL_PREFIX"] + f"{last_seq:016x}"
     assert sorted(p.name for p in path.iterdir()) == sorted(
-        [doc.consts["DATA_FILE"], doc.consts["LOCK_FILE"]]
+        [doc.consts["DATA_FILE"], doc.consts["LOCK_FILE"], new_wal]
     )
+
+    # -- the WAL: a header and one frame per commit, as the doc's tables say
+    hdr, frames = decode_wal(doc, wal_raw)
+    assert hdr["start_seq"] == wal_start and frames == logged
+    hdr2, frames2 = decode_wal(doc, (path / new_wal).read_bytes())
+    assert hdr2["start_seq"] == last_seq and frames2 == [] and hdr2["salt"] != hdr["salt"]
+
     raw = (path / doc.consts["DATA_FILE"]).read_bytes()
     assert len(raw) in doc_segment_ends(ps, 10)  # the file ends on a segment boundary
 
@@ -517,12 +636,14 @@ def test_real_file_matches_doc(tmp_path: Path) -> None:
         assert body["magic"] == doc.consts["MAGIC"] == b"KVMAPDB\x00"
         assert body["version"] == doc.consts["FORMAT_VERSION"] == 1
         assert body["page_size"] == ps
-        assert body["flags"] == 0 and body["wal_seq"] == 0 and body["wal_salt"] == 0
+        assert body["flags"] == 0 and body["wal_salt"] == 0
         assert buf[doc.consts["META_END"] :] == bytes(ps - doc.consts["META_END"])
         metas.append({**body, "txnid": hdr["txnid"]})
     meta = max(metas, key=lambda m: m["txnid"])
     other = min(metas, key=lambda m: m["txnid"])
     assert meta["txnid"] == last_txn and other["txnid"] == last_txn - 1
+    # wal_seq: the last commit each tree holds (the checkpoint took the WAL's three)
+    assert meta["wal_seq"] == last_seq and other["wal_seq"] == wal_start
     hwm = meta["hwm"]
     assert 2 <= hwm and hwm * ps <= len(raw)
     assert meta["entries"] == len(items) and meta["depth"] >= 2
@@ -604,7 +725,7 @@ def test_real_file_matches_doc(tmp_path: Path) -> None:
     walk(meta["root"], 1, None, None)
     assert seen_types == {doc.types["leaf"], doc.types["branch"]}
     assert found == items
-    assert overflowed == {b"big", b"overflow-min"}
+    assert overflowed == {b"big", b"overflow-min", b"wal-large"}
 
     assert meta["freelist"] != 0  # the deletes freed pages
     payload = read_run(meta["freelist"], "freelist")

@@ -188,7 +188,7 @@ def test_huge_counts_raise_corruption(nfree: int, ngroups: int, rest: bytes) -> 
 
 
 def test_pages_a_snapshot_reaches_are_not_reused(open_db: Any) -> None:
-    db = open_db(cache_size=0)
+    db = open_db(cache_size=0, checkpoint_size=0)  # every commit rewrites the tree
     db.put_many((b"%04d" % i, b"old" * 20) for i in range(300))
     snap = db.begin()
     hwms = []
@@ -212,7 +212,7 @@ def test_pages_a_snapshot_reaches_are_not_reused(open_db: Any) -> None:
 
 
 def test_pending_groups_survive_reopen(open_db: Any, db_path: str) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit rewrites the tree
     db.put_many((b"%04d" % i, b"v" * 50) for i in range(200))
     with db.begin(write=True) as txn:
         for i in range(0, 200, 2):
@@ -229,7 +229,7 @@ def test_pending_groups_survive_reopen(open_db: Any, db_path: str) -> None:
 
 
 def test_deleting_everything_frees_every_page(open_db: Any) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit rewrites the tree
     db.put_many((b"%04d" % i, b"x" * (i % 200)) for i in range(500))
     db.put(b"big", b"B" * 20_000)
     with db.begin(write=True) as txn:
@@ -247,7 +247,7 @@ def test_deleting_everything_frees_every_page(open_db: Any) -> None:
 def test_freelist_run_pages_are_all_accounted(open_db: Any) -> None:
     """Deleting keys one commit at a time makes the freelist run grow and shrink across a
     page boundary; every page must stay reachable or free (invariant 3)."""
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit rewrites the tree
     db.put_many((b"%04d" % i, b"x" * 100) for i in range(400))
     for i in range(300):
         db.delete(b"%04d" % i)
@@ -255,7 +255,7 @@ def test_freelist_run_pages_are_all_accounted(open_db: Any) -> None:
 
 
 def test_random_workload_keeps_pages_accounted(open_db: Any, rng: random.Random) -> None:
-    db = open_db()
+    db = open_db(checkpoint_size=0)  # every commit rewrites the tree
     model: dict[bytes, bytes] = {}
     for _ in range(150):
         with db.begin(write=True) as txn:

@@ -2,11 +2,15 @@
 
 Encode/decode round trips, every single-bit flip detected, impossible fields rejected,
 ``pick()`` choosing the newest valid meta and falling back, and the same on a real database
-file: a damaged newest meta page makes open fall back to the previous commit.
+file.  A checkpoint writes the meta before it deletes the WAL the meta covers, so a damaged
+newest meta page makes open fall back to the previous meta while that WAL is still there (a
+crash during the checkpoint) and replay the commits from it; once the WAL is gone, open
+raises ``CorruptionError`` rather than silently fall back to older data (issue 3).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any
 
@@ -151,7 +155,7 @@ def test_peek_page_size() -> None:
         assert peek_page_size(sample(page_size=ps).encode()) == ps
     assert peek_page_size(b"") is None
     assert peek_page_size(bytes(4096)) is None
-    assert peek_page_size(sample().encode()[:META_END - 1]) is None
+    assert peek_page_size(sample().encode()[: META_END - 1]) is None
     assert peek_page_size(_resealed(sample(), page_size=1000)) is None
     assert peek_page_size(_resealed(sample(), magic=b"XXXXXXXX")) is None
 
@@ -211,23 +215,61 @@ def test_pick_raises_when_both_are_corrupt() -> None:
 # -- on disk ------------------------------------------------------------------------------------
 
 
+def _commit(db: kvmap.Database, c: int, model: dict[bytes, bytes]) -> None:
+    with db.begin(write=True) as txn:
+        for i in range(c * 10, c * 10 + 40):
+            txn.put(b"%04d" % i, b"c%d" % c)
+            model[b"%04d" % i] = b"c%d" % c
+
+
 def _make(path: str, commits: int) -> list[dict[bytes, bytes]]:
-    """A database with ``commits`` commits; returns the contents after each."""
+    """A database with ``commits`` commits, each checkpointed into the tree on its own (so
+    meta N-1 holds the state before the last commit); returns the contents after each."""
     states = []
     model: dict[bytes, bytes] = {}
-    with kvmap.open(path, page_size=512) as db:
+    with kvmap.open(path, page_size=512, checkpoint_size=0) as db:
         for c in range(commits):
-            with db.begin(write=True) as txn:
-                for i in range(c * 10, c * 10 + 40):
-                    txn.put(b"%04d" % i, b"c%d" % c)
-                    model[b"%04d" % i] = b"c%d" % c
+            _commit(db, c, model)
             states.append(dict(model))
     return states
 
 
+def _wals(path: str) -> dict[str, bytes]:
+    out = {}
+    for name in glob.glob(os.path.join(path, "kvmap.wal.*")):
+        with open(name, "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+def _make_with_wal(path: str, commits: int) -> tuple[list[dict[bytes, bytes]], dict[str, bytes]]:
+    """Like :func:`_make`, but the last commit reaches the tree through a checkpoint that
+    crashed after writing its meta page, before deleting the WAL holding that commit: the
+    WAL file is put back.  Returns the states and the restored WAL files."""
+    states = _make(path, commits - 1)
+    model = dict(states[-1])
+    with kvmap.open(path) as db:  # the default checkpoint_size: the commit stays in the WAL
+        _commit(db, commits - 1, model)
+        states.append(dict(model))
+        saved = _wals(path)
+        assert any(len(data) > 64 for data in saved.values())  # the frame is in there
+    # close() checkpointed: a new meta covers the commit and the old WAL was deleted
+    assert set(_wals(path)) != set(saved)
+    for name, data in saved.items():
+        with open(name, "wb") as f:
+            f.write(data)
+    return states, saved
+
+
 def _txnid(path: str) -> int:
-    with kvmap.open(path) as db:
+    with kvmap.open(path, readonly=True) as db:
         return db._state.meta.txnid  # type: ignore[no-any-return,union-attr]
+
+
+def _metas(path: str) -> list[Meta]:
+    with open(os.path.join(path, "kvmap.data"), "rb") as f:
+        raw = f.read(1024)
+    return [decode(raw[:512], 0), decode(raw[512:], 1)]
 
 
 def _poke(path: str, offset: int, data: bytes) -> None:
@@ -245,19 +287,37 @@ def _xor(path: str, offset: int, mask: int) -> None:
 
 
 def test_open_falls_back_to_the_previous_commit(db_path: str) -> None:
-    states = _make(db_path, 5)
+    states, _ = _make_with_wal(db_path, 5)
     newest = _txnid(db_path)
     _xor(db_path, (newest % 2) * 512 + 60, 0x01)  # one bit of the newest meta (its hwm)
-    with kvmap.open(db_path) as db:
+    with kvmap.open(db_path, readonly=True) as db:
         assert db._state.meta.txnid == newest - 1
-        assert dict(db.items()) == states[-2]
+        assert db._state.meta.entries == len(states[-2])  # the tree before the last commit
+        assert dict(db.items()) == states[-1]  # and the WAL replays the last commit
+        assert len(db) == len(states[-1])
         db.check()
-        db.put(b"after", b"fallback")  # rewrites the damaged meta page
+    with kvmap.open(db_path) as db:  # recovery folds the WAL: rewrites the damaged meta page
+        assert db._state.meta.txnid == newest
+        assert sorted(m.txnid for m in _metas(db_path)) == [newest - 1, newest]  # both valid
+        assert dict(db.items()) == states[-1]
+        db.check()
+        db.put(b"after", b"fallback")
         db.check()
     with kvmap.open(db_path) as db:
-        assert db._state.meta.txnid == newest
+        assert db._state.meta.txnid == newest + 1
         assert db[b"after"] == b"fallback"
-        assert len(db) == len(states[-2]) + 1
+        assert len(db) == len(states[-1]) + 1
+        db.check()
+
+
+def test_damaged_newest_meta_after_its_wal_was_deleted_raises(db_path: str) -> None:
+    """The older meta lacks commits only the deleted WAL held: never fall back silently."""
+    _make(db_path, 5)
+    newest = _txnid(db_path)
+    _xor(db_path, (newest % 2) * 512 + 60, 0x01)
+    for readonly in (True, False):
+        with pytest.raises(CorruptionError, match="missing"):
+            kvmap.open(db_path, readonly=readonly)
 
 
 def test_a_damaged_older_meta_is_ignored(db_path: str) -> None:
@@ -280,7 +340,7 @@ def test_both_metas_damaged_raises_on_open(db_path: str) -> None:
 
 
 def test_every_damaged_byte_of_the_newest_meta_falls_back(db_path: str, tmp_path: Any) -> None:
-    states = _make(db_path, 4)
+    states, wals = _make_with_wal(db_path, 4)
     newest = _txnid(db_path)
     base = (newest % 2) * 512
     data = os.path.join(db_path, "kvmap.data")
@@ -290,9 +350,16 @@ def test_every_damaged_byte_of_the_newest_meta_falls_back(db_path: str, tmp_path
         with open(data, "r+b") as f:
             f.seek(base + off)
             f.write(bytes([pristine[base + off] ^ 0xFF]))
-        with kvmap.open(db_path, readonly=True) as db:
+        with kvmap.open(db_path, readonly=True) as db:  # the WAL is still there
             assert db._state.meta.txnid == newest - 1, off
-            assert dict(db.items()) == states[-2], off
+            assert db._state.meta.entries == len(states[-2]), off
+            assert dict(db.items()) == states[-1], off
+        for name in wals:  # as after a completed checkpoint: the WAL is gone
+            os.rename(name, name + ".away")
+        with pytest.raises(CorruptionError, match="missing"):
+            kvmap.open(db_path, readonly=True)
+        for name in wals:
+            os.rename(name + ".away", name)
         with open(data, "r+b") as f:
             f.write(pristine)
 
@@ -319,9 +386,10 @@ def test_meta0_with_a_different_valid_page_size_falls_back_to_meta1(
 def test_meta0_zeroed_opens_from_meta1(tmp_path: Any) -> None:
     for ps in (512, 4096, 16384):
         path = os.path.join(tmp_path, f"db{ps}")
-        with kvmap.open(path, page_size=ps) as db:
+        with kvmap.open(path, page_size=ps, checkpoint_size=0) as db:
             db.put(b"a", b"1")  # txn 2 -> meta 0
             db.put(b"b", b"2")  # txn 3 -> meta 1
+            assert db._state.meta.txnid == 3
         _poke(path, 0, bytes(ps))
         with kvmap.open(path) as db:
             assert db.page_size == ps
@@ -330,7 +398,7 @@ def test_meta0_zeroed_opens_from_meta1(tmp_path: Any) -> None:
 
 
 def test_transaction_n_writes_meta_n_mod_2(db_path: str) -> None:
-    with kvmap.open(db_path, page_size=512) as db:
+    with kvmap.open(db_path, page_size=512, checkpoint_size=0) as db:  # a txn per commit
         pager = db._state.pager
         for i in range(6):
             db.put(b"k%d" % i, b"v")

@@ -1,0 +1,268 @@
+"""The write-ahead log: committed transactions as checksummed frames appended to a file.
+
+A committed write transaction becomes one frame (docs/format.md "WAL frame") holding its
+puts and deletes; the tree is not touched until a checkpoint folds the log into it.
+
+Invariant 5 (design.md): a frame counts only if its length, salt and crc32c all check, and
+its sequence number follows the previous frame's; replay stops at the first frame that does
+not.  A torn tail (a crash mid-append) is therefore ignored, and the next writer truncates
+it.  The salt is random per WAL file, so stale bytes of another file or an older generation
+never pass as frames.
+
+WAL files are named after the commit sequence they continue from
+(``kvmap.wal.<16 hex digits>``).  A checkpoint starts a new file, folds the older ones into
+the tree, and deletes them once the meta page that covers them is durable.
+
+Sync modes (design.md "Durability modes"), applied by :meth:`WalWriter.append`:
+``full`` writes and ``fdatasync``\\s before the commit returns; ``normal`` writes the frame
+to the OS (it survives a crash of the process); ``off`` keeps frames in a process buffer,
+written when it fills, on ``sync()``, checkpoint and close.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+from crc32c import crc32c
+
+from .errors import CorruptionError
+from .fileio import _FAILPOINT, FileSystem, failpoint
+from .format import (
+    CHECKSUM,
+    FORMAT_VERSION,
+    WAL_FRAME_HEAD,
+    WAL_HEADER,
+    WAL_HEADER_SIZE,
+    WAL_MAGIC,
+    WAL_OP,
+    WAL_OP_DELETE,
+    WAL_OP_PUT,
+    WAL_PREFIX,
+)
+
+Op = tuple[bytes, bytes | None]
+_HEAD = WAL_FRAME_HEAD
+_HEAD_SIZE = WAL_FRAME_HEAD.size
+_OP = WAL_OP
+_OP_SIZE = WAL_OP.size
+OFF_BUFFER = 1 << 20  # sync="off" writes its buffer when it passes this many bytes
+
+
+def wal_name(start_seq: int) -> str:
+    """File name of the WAL continuing from ``start_seq``.
+
+    >>> wal_name(255)
+    'kvmap.wal.00000000000000ff'
+    """
+    return f"{WAL_PREFIX}{start_seq:016x}"
+
+
+def list_wals(directory: str) -> list[tuple[int, str]]:
+    """(start sequence, path) of every WAL file in ``directory``, oldest first."""
+    out = []
+    for name in os.listdir(directory):
+        digits = name[len(WAL_PREFIX) :]
+        if name.startswith(WAL_PREFIX) and len(digits) == 16 and digits == digits.lower():
+            try:
+                start = int(digits, 16)
+            except ValueError:
+                continue
+            if wal_name(start) == name:  # exactly what wal_name() writes, nothing else
+                out.append((start, os.path.join(directory, name)))
+    out.sort()
+    return out
+
+
+def encode_header(salt: int, start_seq: int) -> bytes:
+    """The WAL header bytes, checksum included, padded to ``WAL_HEADER_SIZE``."""
+    head = WAL_HEADER.pack(WAL_MAGIC, FORMAT_VERSION, 0, salt, start_seq, 0)
+    crc = crc32c(head[: WAL_HEADER.size - 4])
+    head = head[:-4] + CHECKSUM.pack(crc)
+    return head + bytes(WAL_HEADER_SIZE - len(head))
+
+
+def decode_header(buf: bytes, name: str = "WAL") -> tuple[int, int]:
+    """(salt, start_seq) from a WAL header; raises :class:`CorruptionError`."""
+    if len(buf) < WAL_HEADER.size:
+        raise CorruptionError(f"{name}: header truncated")
+    magic, version, _flags, salt, start_seq, crc = WAL_HEADER.unpack_from(buf, 0)
+    if crc32c(buf[: WAL_HEADER.size - 4]) != crc:
+        raise CorruptionError(f"{name}: header checksum mismatch")
+    if magic != WAL_MAGIC:
+        raise CorruptionError(f"{name}: not a kvmap WAL (bad magic)")
+    if version != FORMAT_VERSION:
+        raise CorruptionError(f"{name}: format version {version}, expected {FORMAT_VERSION}")
+    return salt, start_seq
+
+
+def encode_frame(salt: int, seq: int, ops: list[Op]) -> bytes:
+    """One frame holding ``ops`` (value None deletes) as commit ``seq``.
+
+    >>> frame = encode_frame(7, 1, [(b"k", b"v"), (b"gone", None)])
+    >>> [(seq, ops) for seq, ops, _ in scan_frames(frame, 0, 7, 0)]
+    [(1, [(b'k', b'v'), (b'gone', None)])]
+    """
+    parts: list[bytes] = [b""]
+    size = _HEAD_SIZE + 4
+    pack = _OP.pack
+    for k, v in ops:
+        if v is None:
+            parts.append(pack(WAL_OP_DELETE, len(k), 0))
+            parts.append(k)
+            size += _OP_SIZE + len(k)
+        else:
+            parts.append(pack(WAL_OP_PUT, len(k), len(v)))
+            parts.append(k)
+            parts.append(v)
+            size += _OP_SIZE + len(k) + len(v)
+    parts[0] = _HEAD.pack(size, salt, seq, len(ops), 0)
+    body = b"".join(parts)
+    return body + CHECKSUM.pack(crc32c(body))
+
+
+def scan_frames(
+    buf: bytes | memoryview, offset: int, salt: int, last_seq: int
+) -> Iterator[tuple[int, list[Op], int]]:
+    """Yield (seq, ops, end offset) for each valid frame in ``buf`` from ``offset``, whose
+    sequence numbers continue from ``last_seq``; stop silently at the first frame that is
+    truncated, has another salt, a wrong checksum, a sequence gap or malformed operations
+    (invariant 5).  Never raises for bad bytes."""
+    n = len(buf)
+    view = memoryview(buf)
+    while offset + _HEAD_SIZE + 4 <= n:
+        length, fsalt, seq, count, _flags = _HEAD.unpack_from(buf, offset)
+        end = offset + length
+        if length < _HEAD_SIZE + 4 or end > n or fsalt != salt or seq != last_seq + 1:
+            return
+        (crc,) = CHECKSUM.unpack_from(buf, end - 4)
+        if crc32c(view[offset : end - 4]) != crc:
+            return
+        ops: list[Op] = []
+        pos = offset + _HEAD_SIZE
+        stop = end - 4
+        for _ in range(count):
+            if pos + _OP_SIZE > stop:
+                return
+            kind, klen, vlen = _OP.unpack_from(buf, pos)
+            pos += _OP_SIZE
+            if pos + klen + vlen > stop or kind not in (WAL_OP_PUT, WAL_OP_DELETE):
+                return
+            key = bytes(view[pos : pos + klen])
+            pos += klen
+            if kind == WAL_OP_PUT:
+                ops.append((key, bytes(view[pos : pos + vlen])))
+                pos += vlen
+            else:
+                if vlen:
+                    return
+                ops.append((key, None))
+        if pos != stop:
+            return
+        yield seq, ops, end
+        offset = end
+        last_seq = seq
+
+
+class WalWriter:
+    """Appends frames to one WAL file.  Not thread-safe: the write lock serialises it."""
+
+    __slots__ = ("fs", "fd", "path", "salt", "start_seq", "offset", "buffer", "synced")
+
+    def __init__(self, fs: FileSystem, fd: int, path: str, salt: int, start_seq: int,
+                 offset: int) -> None:  # fmt: skip
+        self.fs = fs
+        self.fd = fd
+        self.path = path
+        self.salt = salt
+        self.start_seq = start_seq
+        self.offset = offset  # file offset where the next frame goes (after the buffer)
+        self.buffer = bytearray()
+        self.synced = True
+
+    @classmethod
+    def create(cls, fs: FileSystem, directory: str, start_seq: int) -> WalWriter:
+        """Create (or replace) the WAL continuing from ``start_seq``, header synced, and
+        the directory entry synced.  Raises ``OSError``."""
+        path = os.path.join(directory, wal_name(start_seq))
+        fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        try:
+            salt = secrets.randbits(63) | 1
+            fs.pwrite(fd, encode_header(salt, start_seq), 0)
+            fs.fdatasync(fd)
+            fs.fsync_dir(directory)
+        except BaseException:
+            fs.close(fd)
+            raise
+        return cls(fs, fd, path, salt, start_seq, WAL_HEADER_SIZE)
+
+    @property
+    def size(self) -> int:
+        """Bytes of frames appended (written or buffered), header included."""
+        return self.offset + len(self.buffer)
+
+    def append(self, frame: bytes, sync: str) -> None:
+        """Append one frame under ``sync`` mode ("full" also needs :meth:`sync`, which the
+        caller runs outside the write lock for group commit).  Raises ``OSError``."""
+        self.synced = False
+        if sync == "off":
+            self.buffer += frame
+            if len(self.buffer) >= OFF_BUFFER:
+                self.flush()
+            return
+        if self.buffer:
+            self.buffer += frame
+            self.flush()
+        else:
+            if _FAILPOINT == "wal-mid-frame":
+                self.fs.pwrite(self.fd, frame[: len(frame) // 2], self.offset)
+                failpoint("wal-mid-frame")
+            self.fs.pwrite(self.fd, frame, self.offset)
+            self.offset += len(frame)
+        failpoint("wal-before-sync")
+
+    def flush(self) -> None:
+        """Write buffered frames to the OS.  Raises ``OSError``."""
+        if self.buffer:
+            data = bytes(self.buffer)
+            self.fs.pwrite(self.fd, data, self.offset)
+            self.offset += len(data)
+            self.buffer.clear()
+
+    def sync(self) -> None:
+        """Flush and ``fdatasync``.  Raises ``OSError``."""
+        self.flush()
+        self.fs.fdatasync(self.fd)
+        self.synced = True
+
+    def truncate_tail(self) -> None:
+        """Cut the file at the end of the valid frames (drops a torn tail).  Raises
+        ``OSError``."""
+        if self.fs.size(self.fd) != self.offset:
+            self.fs.truncate(self.fd, self.offset)
+            self.fs.fdatasync(self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor (buffered frames are lost: call :meth:`flush` first)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            self.fs.close(fd)
+
+
+def read_wal(fs: FileSystem, path: str) -> bytes:
+    """The whole WAL file.  Raises ``OSError``."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        size = fs.size(fd)
+        chunks = []
+        off = 0
+        while off < size:
+            chunk = fs.pread(fd, min(size - off, 64 << 20), off)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            off += len(chunk)
+        return b"".join(chunks)
+    finally:
+        fs.close(fd)
