@@ -19,7 +19,9 @@ import time
 import kvmap
 
 
-def run_kvmap(path: str, keys: list[bytes], val: bytes, batch: int, order: list[bytes]) -> tuple[float, float]:
+def run_kvmap(
+    path: str, keys: list[bytes], val: bytes, batch: int, order: list[bytes]
+) -> tuple[float, float]:
     db = kvmap.open(path, sync="full", cache_size=1 << 30)
     t = time.perf_counter()
     for i in range(0, len(keys), batch):
@@ -38,7 +40,9 @@ def run_kvmap(path: str, keys: list[bytes], val: bytes, batch: int, order: list[
     return t_put, t_get
 
 
-def run_lmdb(path: str, keys: list[bytes], val: bytes, batch: int, order: list[bytes]) -> tuple[float, float]:
+def run_lmdb(
+    path: str, keys: list[bytes], val: bytes, batch: int, order: list[bytes]
+) -> tuple[float, float]:
     import lmdb
 
     env = lmdb.open(path, map_size=8 << 30, sync=True)
@@ -78,8 +82,10 @@ def main() -> None:
             fn = run_kvmap if name == "kvmap" else run_lmdb
             results[name] = fn(os.path.join(root, name), keys, val, args.batch, order)
             tp, tg = results[name]
-            print(f"{name:6} {args.n} random inserts ({args.batch}/txn, full sync): {tp:6.2f} s "
-                  f"({args.n / tp:9,.0f}/s)   {args.n} random gets: {tg:6.2f} s ({args.n / tg:9,.0f}/s)")
+            print(
+                f"{name:6} {args.n} random inserts ({args.batch}/txn, full sync): {tp:6.2f} s "
+                f"({args.n / tp:9,.0f}/s)   {args.n} random gets: {tg:6.2f} s ({args.n / tg:9,.0f}/s)"
+            )
         if "kvmap" in results and "lmdb" in results:
             k, m = results["kvmap"], results["lmdb"]
             print(f"kvmap/lmdb throughput: inserts {m[0] / k[0]:.2f}x, gets {m[1] / k[1]:.2f}x")

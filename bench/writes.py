@@ -85,7 +85,9 @@ def main() -> None:
                 fn(path, keys, val)
                 rates.append(n / (time.perf_counter() - t))
                 shutil.rmtree(path, ignore_errors=True)
-            print(f"{name:16} {n:7} {rates[0]:13,.0f} {rates[1]:12,.0f} {rates[0] / rates[1]:10.2f}")
+            print(
+                f"{name:16} {n:7} {rates[0]:13,.0f} {rates[1]:12,.0f} {rates[0] / rates[1]:10.2f}"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
