@@ -84,7 +84,8 @@ def main() -> None:
             tp, tg = results[name]
             print(
                 f"{name:6} {args.n} random inserts ({args.batch}/txn, full sync): {tp:6.2f} s "
-                f"({args.n / tp:9,.0f}/s)   {args.n} random gets: {tg:6.2f} s ({args.n / tg:9,.0f}/s)"
+                f"({args.n / tp:9,.0f}/s)   {args.n} random gets: {tg:6.2f} s "
+                f"({args.n / tg:9,.0f}/s)"
             )
         if "kvmap" in results and "lmdb" in results:
             k, m = results["kvmap"], results["lmdb"]
