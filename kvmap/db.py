@@ -271,14 +271,20 @@ class Database:
         entries = state.entries
         state = state.with_tree(state.meta, (mem,))
         self._stale_wals: list[str] = []
-        for _start, path in list_wals(self.path):
+        wals = list_wals(self.path)
+        for i, (_start, path) in enumerate(wals):
             buf = read_wal(self._fs, path)
             try:
                 salt, wstart = decode_header(buf, path)
             except CorruptionError:
-                if len(buf) > WAL_HEADER_SIZE:
-                    raise  # a damaged log that holds frames: never skip commits silently
-                self._stale_wals.append(path)  # a crash while it was being created
+                # Harmless when the file holds no frames (a crash while it was being
+                # created) or when the next file starts within what is already recovered
+                # (every frame this one could hold is covered); otherwise commits would be
+                # skipped silently, so it is an error.
+                covered = i + 1 < len(wals) and wals[i + 1][0] <= seq
+                if len(buf) > WAL_HEADER_SIZE and not covered:
+                    raise
+                self._stale_wals.append(path)
                 continue
             if wstart > seq:
                 raise CorruptionError(
@@ -311,10 +317,7 @@ class Database:
             self._wal = WalWriter.create(self._fs, self.path, state.seq)
         for path in self._stale_wals:
             if path != self._wal.path:  # type: ignore[union-attr]
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                self._fs.unlink(path)
         self._fs.fsync_dir(self.path)
         self._stale_wals = []
 
@@ -738,7 +741,8 @@ class Database:
             try:
                 if old is not None:
                     with self._sync_lock:
-                        old.sync()
+                        if old.buffer or self._synced_seq < state.seq:
+                            old.sync()
                         self._written_seq = self._synced_seq = state.seq
                 self._wal = WalWriter.create(self._fs, self.path, state.seq)
             except BaseException as exc:
@@ -765,7 +769,7 @@ class Database:
         try:
             for _, path in list_wals(self.path):
                 if path != new_path:
-                    os.unlink(path)
+                    self._fs.unlink(path)
             self._fs.fsync_dir(self.path)
         except BaseException as exc:
             raise self._fail(exc, "checkpoint") from exc

@@ -65,6 +65,13 @@ class FileSystem:
         """Atomically replace ``dst`` by ``src``."""
         os.replace(src, dst)
 
+    def unlink(self, path: str) -> None:
+        """Remove a file (a missing one is not an error: the goal is that it is gone)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
     def fsync_dir(self, path: str) -> None:
         """Make a directory's entries (a create or rename inside it) durable."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -60,7 +60,7 @@ PAGE_TYPE_NAMES: Final = {
 #  72  u32 depth        levels in the tree (0 empty, 1 a single leaf)
 #  76  u32 flags        0; reserved
 #  80  u64 wal_seq      last commit sequence folded into the tree (0 until a WAL exists)
-#  88  u64 wal_salt     WAL generation the tree continues from (0 until a WAL exists)
+#  88  u64 wal_salt     reserved: written 0 (the WAL files carry their own salts)
 #  96  ...              zero up to the end of the page
 META_BODY: Final = struct.Struct("<8sIIQQQQIIQQ")
 META_OFFSET: Final = PAGE_HEADER_SIZE

@@ -5,9 +5,9 @@ puts and deletes; the tree is not touched until a checkpoint folds the log into 
 
 Invariant 5 (design.md): a frame counts only if its length, salt and crc32c all check, and
 its sequence number follows the previous frame's; replay stops at the first frame that does
-not.  A torn tail (a crash mid-append) is therefore ignored, and the next writer truncates
-it.  The salt is random per WAL file, so stale bytes of another file or an older generation
-never pass as frames.
+not.  A torn tail (a crash mid-append) is therefore ignored; the next writable open folds
+the valid frames into the tree and deletes the file.  The salt is random per WAL file, so
+stale bytes of another file or an older generation never pass as frames.
 
 WAL files are named after the commit sequence they continue from
 (``kvmap.wal.<16 hex digits>``).  A checkpoint starts a new file, folds the older ones into
@@ -235,13 +235,6 @@ class WalWriter:
         self.flush()
         self.fs.fdatasync(self.fd)
         self.synced = True
-
-    def truncate_tail(self) -> None:
-        """Cut the file at the end of the valid frames (drops a torn tail).  Raises
-        ``OSError``."""
-        if self.fs.size(self.fd) != self.offset:
-            self.fs.truncate(self.fd, self.offset)
-            self.fs.fdatasync(self.fd)
 
     def close(self) -> None:
         """Close the descriptor (buffered frames are lost: call :meth:`flush` first)."""

@@ -366,20 +366,6 @@ def test_recreating_a_wal_replaces_its_frames(tmp_path: os.PathLike[str]) -> Non
     assert list(scan_frames(buf, WAL_HEADER_SIZE, salt, start)) == []
 
 
-def test_truncate_tail_cuts_a_torn_frame(tmp_path: os.PathLike[str]) -> None:
-    fs = fileio.FileSystem()
-    w = WalWriter.create(fs, os.fspath(tmp_path), 0)
-    try:
-        w.append(encode_frame(w.salt, 1, [(b"a", b"1")]), "normal")
-        good = w.offset
-        torn = encode_frame(w.salt, 2, [(b"b", b"2" * 50)])
-        fs.pwrite(w.fd, torn[: len(torn) // 2], good)  # a crash mid-append
-        w.truncate_tail()
-        assert os.path.getsize(w.path) == good
-    finally:
-        w.close()
-
-
 # -- file naming -----------------------------------------------------------------------------
 
 
