@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
+from itertools import islice
 
 from .errors import CorruptionError
 from .format import (
@@ -221,6 +222,22 @@ class TreeWriter:
         last = keys[-1] if keys else None
         appending = last is None or ops[j][0] > last
         changed = False
+        if appending:
+            # Every op lands after the last key (a bulk load, or a new tree): no search, no
+            # insert in the middle; deletes of keys that are not there are no-ops.
+            room = self.max_cell - LEAF_CELL_OVERHEAD
+            store = self.store_value
+            added = [
+                (k, v if len(k) + len(v) <= room else store(k, v))
+                for k, v in islice(ops, j, end)
+                if v is not None
+            ]
+            if added:
+                keys.extend([k for k, _ in added])
+                vals.extend([v for _, v in added])
+                self.delta += len(added)
+                changed = True
+            end = j  # nothing left for the general loop below
         i = 0
         for t in range(j, end):
             k, v = ops[t]

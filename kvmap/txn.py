@@ -351,20 +351,25 @@ class WriteTxn(Snapshot):
             last: bytes | None = max(akeys[-1], max(live)) if live else akeys[-1]
         else:
             last = next(self.keys(reverse=True), None)
-        for key, value in items:
-            k, v = checked_item(key, value, self._max_key)
+        self._len = None
+        max_key = self._max_key
+        add_key, add_val = akeys.append, avals.append
+        for key, value in items:  # a bulk-load loop: checks inlined, bound methods
+            k = key if key.__class__ is bytes else as_key(key)
+            v = value if value.__class__ is bytes else as_value(value)
+            if len(k) > max_key or len(v) > MAX_VALUE_SIZE:
+                checked_item(k, v, max_key)  # raises the right error
             if last is not None and k <= last:
                 raise OrderError(
                     f"put_many(append=True): key {k[:40]!r} is not greater than "
                     f"{last[:40]!r} (keys must ascend and follow every existing key)"
                 )
-            if k in writes:  # deleted earlier in this transaction: the append wins
+            if writes and k in writes:  # deleted earlier in this transaction: append wins
                 del writes[k]
                 self._replaced += 1  # a base key, so not a new one for len()
-            akeys.append(k)
-            avals.append(v)
+            add_key(k)
+            add_val(v)
             last = k
-            self._len = None
 
     # -- reads see the buffer first ------------------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
