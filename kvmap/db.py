@@ -29,11 +29,11 @@ the State, rotating the WAL), ``_sync_lock`` (the group-commit fsync).
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import os
 import threading
 import time
+import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from threading import get_ident
@@ -57,6 +57,7 @@ from .fileio import failpoint
 from .format import (
     DATA_FILE,
     DEFAULT_PAGE_SIZE,
+    DEFAULT_READER_SLOTS,
     LOCK_FILE,
     WAL_HEADER_SIZE,
     max_key_size,
@@ -67,11 +68,31 @@ from .memtable import Memtable
 from .meta import Meta, peek_page_size, pick
 from .node import Ovf, decode
 from .pager import Pager
+from .readers import LockFile, Published, ReaderInfo
 from .segments import first_segment, segment_end
 from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
 from .wal import WalWriter, decode_header, encode_frame, list_wals, read_wal, scan_frames
 
 SYNC_MODES = ("full", "normal", "off")
+
+# Design note: fork().  A child process inherits open handles, but not the right to use them:
+# their reader slot, writer lock and WAL position belong to the parent, and the child
+# touching them would corrupt the parent's view (or the files).  So in the child every
+# inherited handle is disowned at once: it raises DatabaseClosedError on use, and closing it
+# (or garbage collection) releases nothing the parent holds.  Open the database again in
+# the child; multiprocessing with "fork" and "spawn" both work that way.
+_OPEN_HANDLES: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _disown_after_fork() -> None:
+    for handle in list(_OPEN_HANDLES):
+        handle._forked = True
+        handle._closed = True
+        handle._state = None
+    _OPEN_HANDLES.clear()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 Op = tuple[bytes, bytes | None]
 
 
@@ -119,6 +140,7 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     cache_size: int = 64 * 1024 * 1024,
     checkpoint_size: int = 32 * 1024 * 1024,
     lock_timeout: float = 0.0,
+    max_readers: int = DEFAULT_READER_SLOTS,
 ) -> Database:
     """Open (or create) the database in directory ``path``.
 
@@ -130,6 +152,10 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     checkpoint or ``close()``).  ``cache_size`` bounds the decoded-page cache, in bytes.
     ``checkpoint_size`` is the WAL size (bytes of frames) past which a commit triggers a
     checkpoint; 0 checkpoints after every commit (the tree is then always current).
+    ``max_readers`` is the number of reader slots in the lock file, fixed when the lock file
+    is created: each open handle other than the writer takes one, across all processes.
+    A ``readonly`` handle follows the writer: each read first picks up what the writer
+    published (commits that reached the WAL file, checkpoints), lock-free.
     A writable open takes the database's writer lock, waiting up to ``lock_timeout`` seconds.
 
     Raises ``TypeError``/``ValueError`` for bad arguments, ``FileNotFoundError`` when the
@@ -146,13 +172,18 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     return Database(
         os.fspath(path), create=create, readonly=readonly, page_size=page_size, sync=sync,
         cache_size=cache_size, checkpoint_size=checkpoint_size, lock_timeout=lock_timeout,
+        max_readers=max_readers,
     )  # fmt: skip
 
 
 def _check_options(
     path: object, create: object, readonly: object, page_size: object, sync: object,
-    cache_size: object, checkpoint_size: object, lock_timeout: object,
+    cache_size: object, checkpoint_size: object, lock_timeout: object, max_readers: object,
 ) -> None:  # fmt: skip
+    if not isinstance(max_readers, int) or isinstance(max_readers, bool):
+        raise TypeError(f"max_readers must be int, not {type(max_readers).__name__}")
+    if not 1 <= max_readers <= 65536:
+        raise ValueError(f"max_readers must be in [1, 65536], not {max_readers}")
     if not isinstance(path, str):
         raise TypeError(f"path must be str or os.PathLike, not {type(path).__name__}")
     for name, val in (("create", create), ("readonly", readonly)):
@@ -191,11 +222,12 @@ class Database:
         self, path: str, *, create: bool = True, readonly: bool = False,
         page_size: int = DEFAULT_PAGE_SIZE, sync: str = "full",
         cache_size: int = 64 * 1024 * 1024, checkpoint_size: int = 32 * 1024 * 1024,
-        lock_timeout: float = 0.0,
+        lock_timeout: float = 0.0, max_readers: int = DEFAULT_READER_SLOTS,
     ) -> None:  # fmt: skip
-        self._closed = True  # until fully open, so __del__ and close() are safe
+        self._closed = True
+        self._forked = False  # until fully open, so __del__ and close() are safe
         _check_options(path, create, readonly, page_size, sync, cache_size, checkpoint_size,
-                       lock_timeout)  # fmt: skip
+                       lock_timeout, max_readers)  # fmt: skip
         self.path = path
         self.readonly = readonly
         self.sync_mode = sync
@@ -203,7 +235,11 @@ class Database:
         self._lock_timeout = float(lock_timeout)
         self._fs = fileio.fs()
         self._fd = -1
-        self._lockfd = -1
+        self._lock: LockFile | None = None
+        self._follow = False  # a reader of commits another handle makes (not the writer)
+        self._tail: tuple[str, int, int, int] | None = None  # WAL path, salt, start, offset
+        self._seen = Published(0, 0, 0)  # the lock file header this handle last caught up to
+        self._catchup_lock = threading.Lock()
         self._wal: WalWriter | None = None
         self._state: State | None = None
         self._failed: BaseException | None = None
@@ -219,9 +255,13 @@ class Database:
         self._tokens = itertools.count(1)
         self._pid = os.getpid()
         try:
-            self._open(create, page_size, cache_size)
+            self._open(create, page_size, cache_size, max_readers)
             if not readonly:
                 self._start_wal()
+            elif self._lock is not None:
+                self._follow = True
+                self._lock.claim()
+                self._hold()
         except BaseException:
             if self._state is not None:
                 self._state.pager.close()
@@ -231,17 +271,32 @@ class Database:
             self._release_files()
             raise
         self._closed = False
+        _OPEN_HANDLES.add(self)
 
     # -- opening -----------------------------------------------------------------------
-    def _open(self, create: bool, page_size: int, cache_size: int) -> None:
+    def _open(self, create: bool, page_size: int, cache_size: int, max_readers: int) -> None:
         fs = self._fs
         data = os.path.join(self.path, DATA_FILE)
         if not os.path.exists(data):
             if self.readonly or not create:
                 raise FileNotFoundError(errno.ENOENT, "no kvmap database here", self.path)
             os.makedirs(self.path, exist_ok=True)
-        if not self.readonly:
-            self._lockfd = fs.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT)
+        lock_path = os.path.join(self.path, LOCK_FILE)
+        if self.readonly:
+            try:
+                self._lock = LockFile(fs, lock_path, max_readers, readonly_fs=False)
+                # Read before the data file and the WAL: whatever the writer publishes from
+                # here on differs from it, so the first read after that catches up.
+                self._seen = self._lock.published()
+            except OSError as exc:
+                if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # A read-only copy (read-only filesystem or no write permission): no reader
+                # table and no following; the handle reads the state it opened with, which
+                # is only safe while nobody writes the database.
+                self._lock = None
+        else:
+            self._lock = LockFile(fs, lock_path, max_readers, readonly_fs=False)
             self._lock_writer(self._lock_timeout)
             if not os.path.exists(data):
                 self._create(data, page_size)
@@ -291,14 +346,9 @@ class Database:
                     f"{path}: the log continues from commit {wstart} but the tree covers "
                     f"only up to commit {seq}: commits {seq + 1}..{wstart} are missing"
                 )
-            for fseq, ops, _end in scan_frames(buf, WAL_HEADER_SIZE, salt, wstart):
-                if fseq <= seq:
-                    continue
-                cur = state.advance(seq, entries)
-                for k, v in ops:
-                    entries += (v is not None) - (read_state(cur, k) is not MISSING)
-                mem.apply(fseq, ops, keep_old=False)
-                seq = fseq
+            seq, entries, end = _replay(state, mem, buf, WAL_HEADER_SIZE, salt, wstart, seq,
+                                        entries, keep_old=False)  # fmt: skip
+            self._tail = (path, salt, wstart, end)
             # A torn or corrupt tail ends this file's frames.  A later file must then start
             # at or before the last commit recovered so far (checked above), so a gap is
             # never skipped silently; a damaged tail the tree already covers is harmless.
@@ -320,6 +370,8 @@ class Database:
                 self._fs.unlink(path)
         self._fs.fsync_dir(self.path)
         self._stale_wals = []
+        with self._publish_lock:
+            self._announce()
 
     def _read_meta(self, data: str) -> tuple[Meta, int]:
         """The newest valid meta page and the page size.  The page size meta 0 records is
@@ -344,17 +396,13 @@ class Database:
         raise CorruptionError(f"{data}: no valid meta page{detail}")
 
     def _lock_writer(self, timeout: float) -> None:
+        """Take the writer lock, polling until ``timeout`` seconds have passed."""
+        assert self._lock is not None
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise DatabaseLockedError(
-                        f"{self.path}: another handle has it open for writing"
-                    ) from None
-                time.sleep(0.01)
+        while not self._lock.try_lock_writer():
+            if time.monotonic() >= deadline:
+                raise DatabaseLockedError(f"{self.path}: another handle has it open for writing")
+            time.sleep(0.01)
 
     def _create(self, data: str, page_size: int) -> None:
         """Write a fresh data file (both metas, empty tree) under a temporary name, sync it,
@@ -380,6 +428,11 @@ class Database:
         return state  # type: ignore[return-value]
 
     def _raise_unusable(self) -> None:
+        if self._forked:
+            raise DatabaseClosedError(
+                f"{self.path}: this handle was inherited across fork(); open the database "
+                "again in the child process"
+            )
         if self._failed is not None:
             raise FatalError(
                 f"{self.path}: an earlier write failed ({self._failed!r}); reopen the database"
@@ -402,14 +455,127 @@ class Database:
         return held
 
     def _oldest_txnid(self, limit: int) -> int:
-        """The oldest tree txn id a reader of this process holds, capped at ``limit``."""
-        return min([limit, *(s.txnid for s in self._readers())])
+        """The oldest tree txn id a reader holds, in this process (the registry) or any
+        other handle (the reader table), capped at ``limit``."""
+        oldest = min([limit, *(s.txnid for s in self._readers())])
+        if self._lock is not None:
+            oldest = self._lock.oldest_txnid(oldest)
+        return oldest
+
+    def _announce(self) -> None:
+        """The writer publishes its commit sequence (frames in the file), tree and WAL in
+        the lock file, for handles that follow it (publish lock held)."""
+        state, wal, lock = self._state, self._wal, self._lock
+        if state is not None and wal is not None and lock is not None:
+            lock.publish(self._written_seq, state.txnid, wal.start_seq)
+
+    def _hold(self) -> None:
+        """A following handle records in its slot the oldest tree its readers hold."""
+        lock, state = self._lock, self._state
+        if lock is None or state is None:
+            return
+        held = [state, *list(self._snapshots.values())]
+        oldest = min(held, key=lambda s: s.txnid)
+        lock.hold(oldest.txnid, oldest.seq)
+
+    def _fresh(self) -> State:
+        """The current state, first catching up with the writer if it published anything
+        since this handle last looked.  Cost when nothing moved: one ``unpack_from`` on the
+        lock file mapping and a tuple comparison."""
+        state = self._live()
+        if self._lock.published() == self._seen:  # type: ignore[union-attr]
+            return state
+        with self._catchup_lock:
+            return self._catch_up()
+
+    def _catch_up(self) -> State:
+        """Follow the writer (``_catchup_lock`` held): when a checkpoint moved the tree,
+        re-read the meta, map new segments, drop the page cache (page numbers may have been
+        reused) and replay the WAL from the new tree; otherwise read the frames appended
+        since the last look.  Then record the tree in this handle's slot and check that no
+        checkpoint moved the tree meanwhile (the protocol in kvmap/readers.py), starting
+        over if one did."""
+        lock = self._lock
+        assert lock is not None
+        while True:
+            state = self._live()
+            pub = lock.published()
+            if pub == self._seen:
+                return state
+            try:
+                if pub.txnid != self._seen.txnid or self._tail is None:
+                    new = self._rebuild(state)
+                else:
+                    new = self._follow_wal(state, pub.wal_start)
+            except FileNotFoundError:
+                continue  # a checkpoint deleted the WAL being read: the tree moved
+            self._state = new
+            self._hold()
+            if lock.published().txnid == pub.txnid:
+                self._seen = pub
+                return new
+
+    def _rebuild(self, state: State) -> State:
+        """A state on the newest tree, with the WAL after it replayed."""
+        data = os.path.join(self.path, DATA_FILE)
+        pager = state.pager
+        if os.stat(data).st_ino != os.fstat(self._fd).st_ino:
+            # compact() swapped in a new file: read it through a new descriptor and pager;
+            # old snapshots keep the old mappings, which keep the old file alive.
+            fd = self._fs.open(data, os.O_RDONLY)
+            old_fd, self._fd = self._fd, fd
+            _close_quietly(self._fs, old_fd)
+            pager = Pager(
+                self._fs, fd, pager.page_size, decode, pager.max_cached * 2 * pager.page_size
+            )
+        meta, _ = self._read_meta(data)
+        pager.check_covers(meta.hwm)
+        if meta.txnid != state.txnid:
+            pager.cache.clear()
+        self._tail = None
+        return self._recover(State(meta, pager, state.freelist, meta.wal_seq, (), meta.entries))
+
+    def _follow_wal(self, state: State, wal_start: int) -> State:
+        """The frames appended to the WAL since the last look (and to newer WAL files)."""
+        path, salt, wstart, offset = self._tail  # type: ignore[misc]
+        seq, entries = state.seq, state.entries
+        mem = state.mems[0]
+        keep_old = bool(self._snapshots) or any(list(self._getters.values()))
+        while True:
+            buf = read_wal(self._fs, path)
+            seq, entries, offset = _replay(state, mem, buf, offset, salt, wstart, seq, entries,
+                                           keep_old)  # fmt: skip
+            self._tail = (path, salt, wstart, offset)
+            if wal_start == wstart or offset < len(buf):
+                break  # the file the writer appends to (or a torn tail: wait for more)
+            nxt = [(s, p) for s, p in list_wals(self.path) if s > wstart]
+            if not nxt or nxt[0][0] > seq:
+                break
+            wstart, path = nxt[0]
+            head = read_wal(self._fs, path)
+            salt, wstart = decode_header(head, path)
+            offset = WAL_HEADER_SIZE
+        return State(state.meta, state.pager, state.freelist, seq, state.mems, entries)
+
+    def readers(self) -> list[ReaderInfo]:
+        """The live handles of every process that hold a reader slot on this database
+        (slot, pid, oldest tree txn id and commit sequence they read).  Slots of dead
+        processes are not listed (the writer reclaims them).  Cost: one ``fcntl`` per
+        used slot."""
+        self._live()
+        if self._lock is None:
+            return []
+        out = self._lock.readers()
+        if self._lock.slot >= 0:
+            state = self._live()
+            out.append(ReaderInfo(self._lock.slot, os.getpid(), state.txnid, state.seq))
+        return sorted(out)
 
     def _register(self) -> tuple[State, int]:
         """Pin the current state for a snapshot (the protocol in the module docstring)."""
         token = next(self._tokens)
         snapshots = self._snapshots
-        state = self._live()
+        state = self._fresh() if self._follow else self._live()
         while True:
             snapshots[token] = state
             now = self._live()
@@ -494,6 +660,7 @@ class Database:
             self._state = state.advance(seq, state.entries + delta)
             if not wal.buffer:  # every frame up to this one reached the OS
                 self._written_seq = seq
+                self._announce()
         return seq
 
     def _autocommit(self, op: Op) -> None:
@@ -546,6 +713,7 @@ class Database:
                 cur = self._live()
                 new = State(meta, cur.pager, cur.freelist, cur.seq, cur.mems, cur.entries + delta)
                 self._state = new
+                self._announce()
 
     # -- the mapping interface (autocommit) ----------------------------------------------
     def get(self, key: bytes, default: Any = None) -> Any:
@@ -557,7 +725,7 @@ class Database:
             key = as_key(key)
         getters = self._getters
         ident = get_ident()
-        state = self._state
+        state = self._fresh() if self._follow else self._state
         while True:
             if state is None:
                 self._raise_unusable()
@@ -607,7 +775,7 @@ class Database:
 
     def __len__(self) -> int:
         """Number of keys in the latest commit.  Cost: O(1)."""
-        return self._live().entries
+        return (self._fresh() if self._follow else self._live()).entries
 
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key`` and commit.  Cost: one commit (one WAL append, plus
@@ -692,6 +860,7 @@ class Database:
             except BaseException as exc:
                 raise self._fail(exc, "WAL write") from exc
             self._written_seq = seq
+            self._announce()
         self._sync_wal(seq)
 
     flush = sync
@@ -762,6 +931,7 @@ class Database:
         with self._publish_lock:
             cur = self._live()
             self._state = cur.with_tree(meta, tuple(m for m in cur.mems if m is not frozen))
+            self._announce()
         # 4. the old logs are covered by a durable meta now
         if old is not None:
             old.close()
@@ -882,6 +1052,7 @@ class Database:
             with self._publish_lock:
                 cur = self._live()
                 self._state = State(meta, pager, Freelist(), cur.seq, cur.mems, cur.entries)
+                self._announce()
             return old_size - pager.file_size()
 
     # -- closing -------------------------------------------------------------------------
@@ -925,11 +1096,15 @@ class Database:
             raise error
 
     def _release_files(self) -> None:
-        for attr in ("_fd", "_lockfd"):
-            fd = getattr(self, attr, -1)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                _close_quietly(self._fs, fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            _close_quietly(self._fs, fd)
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            try:
+                lock.release()
+            except OSError:
+                pass
 
     def __enter__(self) -> Database:
         self._live()
@@ -951,6 +1126,27 @@ class Database:
             return f"<kvmap.Database {self.path!r} closed>"
         mode = "readonly" if self.readonly else f"sync={self.sync_mode}"
         return f"<kvmap.Database {self.path!r} {mode} entries={state.entries}>"
+
+
+def _replay(
+    state: State, mem: Memtable, buf: bytes, offset: int, salt: int, wstart: int, seq: int,
+    entries: int, keep_old: bool,
+) -> tuple[int, int, int]:  # fmt: skip
+    """Apply the valid frames of one WAL file's bytes from ``offset`` that come after commit
+    ``seq`` to ``mem``, keeping ``entries`` exact.  Returns (last seq, entries, the offset
+    after the last valid frame)."""
+    end = offset
+    for fseq, ops, fend in scan_frames(buf, offset, salt, wstart if offset == WAL_HEADER_SIZE
+                                       else seq):  # fmt: skip
+        end = fend
+        if fseq <= seq:
+            continue
+        cur = state.advance(seq, entries)
+        for k, v in ops:
+            entries += (v is not None) - (read_state(cur, k) is not MISSING)
+        mem.apply(fseq, ops, keep_old)
+        seq = fseq
+    return seq, entries, end
 
 
 def _close_quietly(fs: fileio.FileSystem, fd: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import mmap as _mmap  # the name mmap is also a method of FileSystem
 import os
 from collections.abc import Iterator
 
@@ -83,6 +84,11 @@ class FileSystem:
     def mmap(self, fd: int, length: int, offset: int) -> mmap.mmap:
         """Map ``length`` bytes of the file at ``offset``, read-only."""
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
+
+    def mmap_shared(self, fd: int, length: int) -> _mmap.mmap:
+        """Map the first ``length`` bytes read-write and shared (the lock file only: it is
+        shared memory between processes, never data)."""
+        return _mmap.mmap(fd, length, access=_mmap.ACCESS_WRITE)
 
 
 _installed: FileSystem = FileSystem()

@@ -99,6 +99,31 @@ U64: Final = struct.Struct("<Q")
 
 MAX_VALUE_SIZE: Final = 2**31 - 1
 
+# -- lock file (docs/format.md "Lock file") -------------------------------------------------
+# The lock file is shared memory: every process maps it read-write.  Header:
+#   0  8s  magic        LOCK_MAGIC
+#   8  u32 version      FORMAT_VERSION
+#  12  u32 nslots       reader slots that follow the header
+#  16  u64 seq          the writer's last commit whose frame reached the WAL file
+#  24  u64 txnid        the tree's txn id (the newest durable meta page)
+#  32  u64 wal_start    start sequence of the WAL file the writer appends to
+#  40  u32 writer_pid   pid of the writing process (0: none); informational
+#  44  ...              zero up to LOCK_HEADER_SIZE
+# Slot i at LOCK_HEADER_SIZE + 64 * i (a cache line each); a slot is owned by whoever holds
+# an OFD write lock on its 64 bytes (the kernel drops it when the owner dies):
+#   0  u32 pid          owner's pid (informational)
+#   4  u32 flags        0; reserved
+#   8  u64 token        random per handle, so a slot reused by another handle is told apart
+#  16  u64 txnid        the oldest tree txn id the handle's readers hold; 0: none
+#  24  u64 seq          the commit sequence of that oldest reader
+#  32  ...              zero up to 64
+LOCK_MAGIC: Final = b"KVMAPLCK"
+LOCK_HEADER: Final = struct.Struct("<8sIIQQQI")
+LOCK_HEADER_SIZE: Final = 128
+LOCK_SLOT: Final = struct.Struct("<IIQQQ")
+LOCK_SLOT_SIZE: Final = 64
+DEFAULT_READER_SLOTS: Final = 126
+
 # -- WAL file header (docs/format.md "WAL header") ------------------------------------------
 #   0  8s  magic      WAL_MAGIC
 #   8  u32 version    FORMAT_VERSION

@@ -214,7 +214,7 @@ def test_nothing_bypasses_the_file_layer(db_path: str, monkeypatch: pytest.Monke
         pass
 
     for name in ("open", "close", "pwrite", "pread", "fdatasync", "fsync", "truncate",
-                 "size", "rename", "fsync_dir", "mmap"):  # fmt: skip
+                 "size", "rename", "unlink", "fsync_dir", "mmap", "mmap_shared"):  # fmt: skip
         base = getattr(FileSystem, name)
 
         def wrapped(self: Any, *args: Any, _base: Any = base) -> Any:

@@ -47,6 +47,8 @@ STRUCT_BASE = {
     "WAL_HEADER": 0,  # the first bytes of a WAL file (wal.encode_header)
     "WAL_FRAME_HEAD": 0,  # relative to the start of a frame (wal.encode_frame)
     "WAL_OP": 0,  # relative to the start of an operation inside a frame
+    "LOCK_HEADER": 0,  # the first bytes of the lock file (readers.LockFile)
+    "LOCK_SLOT": 0,  # relative to the start of a reader slot
 }
 # Structs of kvmap.format without a table of their own, and why.
 NOT_TABLED = {

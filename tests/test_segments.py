@@ -108,6 +108,8 @@ def test_small_database_stays_small(db_path: str) -> None:
     # close() checkpointed: the tree holds the keys, the WAL is just its header
     sizes = {name: os.path.getsize(os.path.join(db_path, name)) for name in os.listdir(db_path)}
     assert sizes["kvmap.data"] <= 64 * 1024, sizes
+    # the lock file is a fixed 8 KiB of shared memory (header and 126 reader slots)
+    assert sizes.pop("kvmap.lock") == 128 + 64 * 126, sizes
     assert sum(sizes.values()) <= 64 * 1024 + 4096, sizes
 
 

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -124,13 +125,22 @@ class KVMapMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="kvmap-sm-")
         self.path = os.path.join(self.tmp, "db")
-        self.db = kvmap.open(self.path, page_size=PAGE_SIZE, sync=self.sync)
-        assert self.db.max_key_size == MAX_KEY
+        self.options: dict[str, Any] = {"page_size": PAGE_SIZE, "sync": self.sync}
         self.model: dict[bytes, bytes] = {}
         # open read snapshots, each with a frozen copy of the model it must keep seeing
         self.snaps: list[tuple[kvmap.Snapshot, dict[bytes, bytes]]] = []
         self.steps = 0
+        self.db_open = False
+
+    @initialize(checkpoint_size=st.sampled_from([None, None, 0, 2048, 65536]))
+    def open_db(self, checkpoint_size: int | None) -> None:
+        """Open the database; a small ``checkpoint_size`` folds the WAL into the tree every
+        commit (0) or every few commits, the default (None) almost never."""
+        if checkpoint_size is not None:
+            self.options["checkpoint_size"] = checkpoint_size
+        self.db = kvmap.open(self.path, **self.options)
         self.db_open = True
+        assert self.db.max_key_size == MAX_KEY
 
     def teardown(self) -> None:
         """Always: verify and close the snapshots, ``check()``, close, and reopen to see
@@ -144,11 +154,12 @@ class KVMapMachine(RuleBasedStateMachine):
             self.snaps.clear()
             self.db.check()
             self.db.close()
-            with kvmap.open(self.path, sync=self.sync) as db:
+            with kvmap.open(self.path, **self.options) as db:
                 assert list(db.items()) == sorted(self.model.items())
                 db.check()
         finally:
-            self.db.close()
+            if hasattr(self, "db"):
+                self.db.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _verify_snapshots(self) -> None:
@@ -451,6 +462,13 @@ class KVMapMachine(RuleBasedStateMachine):
         # snapshots taken before the compaction keep reading the old (unlinked) file
         self._verify_snapshots()
 
+    @rule()
+    def checkpoint(self) -> None:
+        self.db.checkpoint()
+        assert len(self.db) == len(self.model)
+        assert list(self.db.items(reverse=True)) == sorted(self.model.items(), reverse=True)
+        self._verify_snapshots()
+
     @rule(close_snapshots_first=st.booleans(), sync_first=st.booleans())
     def reopen(self, close_snapshots_first: bool, sync_first: bool) -> None:
         self._verify_snapshots()
@@ -470,7 +488,7 @@ class KVMapMachine(RuleBasedStateMachine):
         self.snaps.clear()
         with pytest.raises(kvmap.DatabaseClosedError):
             self.db.get(b"a")
-        self.db = kvmap.open(self.path, page_size=PAGE_SIZE, sync=self.sync)
+        self.db = kvmap.open(self.path, **self.options)
         self.db_open = True
         assert len(self.db) == len(self.model)
         assert list(self.db.items()) == sorted(self.model.items())
