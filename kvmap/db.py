@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import struct
 import threading
 import time
 import weakref
@@ -74,6 +75,7 @@ from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
 from .wal import WalWriter, decode_header, encode_frame, list_wals, read_wal, scan_frames
 
 SYNC_MODES = ("full", "normal", "off")
+_PUBLISHED_RAW = struct.Struct("<QQQ")  # seq, txnid, wal_start as the lock header holds them
 
 # Design note: fork().  A child process inherits open handles, but not the right to use them:
 # their reader slot, writer lock and WAL position belong to the parent, and the child
@@ -239,6 +241,8 @@ class Database:
         self._follow = False  # a reader of commits another handle makes (not the writer)
         self._tail: tuple[str, int, int, int] | None = None  # WAL path, salt, start, offset
         self._seen = Published(0, 0, 0)  # the lock file header this handle last caught up to
+        self._seen_raw = bytes(24)
+        self._lockmap: Any = None  # the lock file mapping, for the follower's hot path
         self._catchup_lock = threading.Lock()
         self._wal: WalWriter | None = None
         self._state: State | None = None
@@ -288,6 +292,8 @@ class Database:
                 # Read before the data file and the WAL: whatever the writer publishes from
                 # here on differs from it, so the first read after that catches up.
                 self._seen = self._lock.published()
+                self._seen_raw = self._lock.published_raw()
+                self._lockmap = self._lock.map
             except OSError as exc:
                 if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                     raise
@@ -483,7 +489,7 @@ class Database:
         since this handle last looked.  Cost when nothing moved: one ``unpack_from`` on the
         lock file mapping and a tuple comparison."""
         state = self._live()
-        if self._lock.published() == self._seen:  # type: ignore[union-attr]
+        if self._lock.map[16:40] == self._seen_raw:  # type: ignore[union-attr]
             return state
         with self._catchup_lock:
             return self._catch_up()
@@ -513,6 +519,7 @@ class Database:
             self._hold()
             if lock.published().txnid == pub.txnid:
                 self._seen = pub
+                self._seen_raw = _PUBLISHED_RAW.pack(pub.seq, pub.txnid, pub.wal_start)
                 return new
 
     def _rebuild(self, state: State) -> State:
@@ -725,7 +732,9 @@ class Database:
             key = as_key(key)
         getters = self._getters
         ident = get_ident()
-        state = self._fresh() if self._follow else self._state
+        state = self._state
+        if self._follow and self._lockmap[16:40] != self._seen_raw:
+            state = self._fresh()  # the writer published something: catch up first
         while True:
             if state is None:
                 self._raise_unusable()

@@ -7,8 +7,9 @@ reader in the process; a page number is only reused after no snapshot can reach 
 contents (invariant 4), and the writer replaces the cache entry when it writes the new
 contents.  So a cache hit needs no validation.  The cache is bounded by entry count
 (``cache_size`` bytes / page size / 2, as a decoded page costs about twice its size in
-Python objects) and evicts the oldest-inserted quarter when full: a hit stays one
-``dict.get``, with no LRU bookkeeping on the read path.
+Python objects) and evicts the leaves among the oldest-inserted quarter when full (branch
+pages stay: they are few and on every path): a hit stays one ``dict.get``, with no LRU
+bookkeeping on the read path.
 """
 
 from __future__ import annotations
@@ -63,9 +64,16 @@ class Pager:
         cache = self.cache
         cache[pgno] = node
         if len(cache) > self.max_cached:
+            # Evict the leaves among the oldest quarter: branch pages (about 1% of a tree,
+            # and on every lookup's path) stay, unless there are too few leaves to matter.
             # list(cache) copies the keys in one C call (atomic under the GIL); pop()
             # tolerates another thread evicting the same entries concurrently.
-            for p in list(cache)[: len(cache) // 4]:
+            oldest = list(cache)[: len(cache) // 4]
+            get = cache.get
+            victims = [p for p in oldest if getattr(get(p), "kids", None) is None]
+            if len(victims) < len(oldest) // 2:
+                victims = oldest
+            for p in victims:
                 cache.pop(p, None)
 
     def page(self, pgno: int) -> bytes:

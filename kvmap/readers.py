@@ -139,6 +139,10 @@ class LockFile:
         seq, txnid, wal_start, _ = _PUBLISHED.unpack_from(self.map, 16)
         return Published(seq, txnid, wal_start)
 
+    def published_raw(self) -> bytes:
+        """The published fields as raw bytes: a cheap "did anything move?" check."""
+        return self.map[16:40]
+
     def publish(self, seq: int, txnid: int, wal_start: int) -> None:
         """The writer announces a new commit sequence, tree and WAL file."""
         _PUBLISHED.pack_into(self.map, 16, seq, txnid, wal_start, os.getpid())
