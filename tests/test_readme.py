@@ -30,7 +30,8 @@ def test_quick_start_has_exactly_two_commands() -> None:
     assert not any(c.endswith("\\") for c in commands)  # no continuation lines
     install_and_run, install_and_test = commands
     assert install_and_run.startswith("pip install")
-    assert "kvmap" in install_and_run
+    # the main job: the benchmark against LMDB in its quick mode
+    assert "python -m bench" in install_and_run and "--quick" in install_and_run
     assert install_and_test.startswith("pip install")
     assert "pytest" in install_and_test
 
