@@ -8,6 +8,7 @@
 >>> db.close()
 """
 
+from . import dbm  # kvmap.dbm.open: the stdlib dbm contract
 from .db import Database, open
 from .errors import (
     CorruptionError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "open",
+    "dbm",
     "Database",
     "Snapshot",
     "WriteTxn",

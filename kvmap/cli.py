@@ -16,12 +16,14 @@ shows its options and examples; docs/cli.md is the full reference):
 ``compact``    rewrite the database densely, in place or ``--to NEWPATH``; prints the space saved
 ``pages``      page counts by type and the tree's shape per level (``--list``: every page)
 ``page``       decode one page: its header and its cells
+``readers``    list live reader slots; ``--clear`` clears those of dead processes
 ``bench``      run the benchmark suite (``python -m bench``) when it is importable
 ``demo``       create a database, write, read and scan it, print what it did
 =============  ===========================================================================
 
-A ``readers`` command (listing and clearing reader-table slots) needs the multi-process
-reader table (issue #4), which format 1 does not have yet; it is left out until then.
+``readers`` lists the handles (in every process) that hold a reader slot, and with
+``--clear`` zeroes the slots of processes that died (a writer also does this at its next
+checkpoint).
 
 Exit status: 0 on success, 1 on an error (one line on stderr, ``kvmap: error: ...``, never a
 traceback unless ``--debug`` is given), 2 on bad usage (argparse's usage message).
@@ -607,6 +609,19 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readers(args: argparse.Namespace) -> int:
+    with _open_ro(args.path) as db:
+        own = (os.getpid(), db._lock.slot if db._lock is not None else -1)
+        live = [r for r in db.readers(clear_stale=args.clear) if (r.pid, r.slot) != own]
+    if args.format == "json":
+        print(json.dumps([r._asdict() for r in live]))
+    else:
+        for r in live:
+            print(f"slot {r.slot:4}  pid {r.pid:8}  txnid {r.txnid:8}  seq {r.seq:10}")
+        print(f"{len(live)} live reader(s)" + (", stale slots cleared" if args.clear else ""))
+    return 0
+
+
 def _checkpoint(args: argparse.Namespace) -> int:
     if not os.path.exists(os.path.join(args.path, DATA_FILE)):
         raise CommandError(f"{args.path}: no kvmap database here")
@@ -995,6 +1010,15 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"show a progress bar (tqdm; default: on a terminal, for {PROGRESS_MIN:,} "
             "items or more)",
         )  # fmt: skip
+
+    p = command(
+        "readers", _readers, "list the handles holding reader slots; --clear stale ones",
+        "  kvmap readers data/db\n  kvmap readers data/db --clear",
+    )  # fmt: skip
+    p.add_argument("--clear", action="store_true",
+                   help="zero the slots of processes that died")  # fmt: skip
+    p.add_argument("--format", choices=["json", "text"], default="text",
+                   help="text (default) or JSON")  # fmt: skip
 
     p = command(
         "stat", _stat, "print entries, depth, pages by type, file and WAL sizes, free pages",

@@ -75,7 +75,14 @@ from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
 from .wal import WalWriter, decode_header, encode_frame, list_wals, read_wal, scan_frames
 
 SYNC_MODES = ("full", "normal", "off")
-_PUBLISHED_RAW = struct.Struct("<QQQ")  # seq, txnid, wal_start as the lock header holds them
+_PUBLISHED_RAW = struct.Struct("<QQQ")
+
+
+class _TreeMoved(Exception):
+    """A follower's catch-up raced a checkpoint; it starts over from the newest tree."""
+
+
+# seq, txnid, wal_start as the lock header holds them
 
 # Design note: fork().  A child process inherits open handles, but not the right to use them:
 # their reader slot, writer lock and WAL position belong to the parent, and the child
@@ -513,8 +520,11 @@ class Database:
                     new = self._rebuild(state)
                 else:
                     new = self._follow_wal(state, pub.wal_start)
-            except FileNotFoundError:
-                continue  # a checkpoint deleted the WAL being read: the tree moved
+            except (FileNotFoundError, _TreeMoved):
+                # A checkpoint deleted the WAL being read, after writing the meta that covers
+                # it: start again from the newest tree.
+                self._tail = None
+                continue
             self._state = new
             self._hold()
             if lock.published().txnid == pub.txnid:
@@ -540,7 +550,14 @@ class Database:
         if meta.txnid != state.txnid:
             pager.cache.clear()
         self._tail = None
-        return self._recover(State(meta, pager, state.freelist, meta.wal_seq, (), meta.entries))
+        try:
+            return self._recover(State(meta, pager, state.freelist, meta.wal_seq, (), meta.entries))
+        except CorruptionError:
+            # A checkpoint may have written a newer meta and deleted the WAL the meta read
+            # above needed, between the two reads: that is a race, not damage.
+            if self._read_meta(data)[0].txnid != meta.txnid:
+                raise _TreeMoved from None
+            raise
 
     def _follow_wal(self, state: State, wal_start: int) -> State:
         """The frames appended to the WAL since the last look (and to newer WAL files)."""
@@ -564,15 +581,16 @@ class Database:
             offset = WAL_HEADER_SIZE
         return State(state.meta, state.pager, state.freelist, seq, state.mems, entries)
 
-    def readers(self) -> list[ReaderInfo]:
+    def readers(self, clear_stale: bool = False) -> list[ReaderInfo]:
         """The live handles of every process that hold a reader slot on this database
-        (slot, pid, oldest tree txn id and commit sequence they read).  Slots of dead
-        processes are not listed (the writer reclaims them).  Cost: one ``fcntl`` per
+        (slot, pid, oldest tree txn id and commit sequence they read), this handle
+        included.  Slots of dead processes are never listed; the writer reclaims them at
+        its next checkpoint, or now with ``clear_stale=True``.  Cost: one ``fcntl`` per
         used slot."""
         self._live()
         if self._lock is None:
             return []
-        out = self._lock.readers()
+        out = self._lock.readers(clear_stale=clear_stale)
         if self._lock.slot >= 0:
             state = self._live()
             out.append(ReaderInfo(self._lock.slot, os.getpid(), state.txnid, state.seq))

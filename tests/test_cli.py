@@ -747,7 +747,7 @@ def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]
         ["scan", "db", "--limit", "-1"], ["scan", "db", "--format", "xml"],
         ["scan", "db", "--start", "b64:***"], ["page", "db"], ["page", "db", "-3"],
         ["page", "db", "x"], ["load", "db", "--page-size", "1000"], ["dump"],
-        ["readers", "db"], ["get", "db", "k", "--frobnicate"],
+        ["readers"], ["get", "db", "k", "--frobnicate"],
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -817,3 +817,45 @@ def test_broken_pipe_is_quiet(tmp_path: Path) -> None:
     err = proc.stderr.read()
     proc.wait(timeout=60)
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_readers_lists_live_handles_and_clears_dead_ones(tmp_path: Path) -> None:
+    """``kvmap readers`` lists every live reader slot (other processes included) and
+    ``--clear`` zeroes the slots of processes that died."""
+    import signal
+
+    path = str(tmp_path / "db")
+    with kvmap.open(path) as db:
+        db[b"a"] = b"1"
+        reader = kvmap.open(path, readonly=True)
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "kvmap", "readers", path, "--format", "json"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            listed = json.loads(out)
+            assert [r["pid"] for r in listed] == [os.getpid()]
+            code = (
+                "import kvmap, os, signal\n"
+                f"r = kvmap.open({path!r}, readonly=True)\n"
+                "print(r._lock.slot, flush=True)\n"
+                "os.kill(os.getpid(), signal.SIGKILL)\n"
+            )
+            child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            assert child.returncode == -signal.SIGKILL
+            dead_slot = int(child.stdout)
+            lock = os.path.join(path, "kvmap.lock")
+            token_at = 128 + 64 * dead_slot + 8
+            with open(lock, "rb") as f:
+                f.seek(token_at)
+                assert f.read(8) != bytes(8)  # the dead process's slot is still filled in
+            out = subprocess.run(
+                [sys.executable, "-m", "kvmap", "readers", path, "--clear"],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert "1 live reader(s), stale slots cleared" in out
+            with open(lock, "rb") as f:
+                f.seek(token_at)
+                assert f.read(8) == bytes(8)  # cleared
+        finally:
+            reader.close()

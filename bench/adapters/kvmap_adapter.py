@@ -34,7 +34,7 @@ class KvmapReader(Reader):
 class KvmapAdapter(Adapter):
     name = "kvmap"
     durability = {"full": 'sync="full"', "normal": 'sync="normal"'}
-    concurrent_writer = "needs issue 4 (multi-process readers of a live writer)"
+    concurrent_writer = None  # readonly handles follow a live writer (issue 4)
     bulk_path = "txn.put_many(items, append=True)"
 
     def __init__(self, path: str, mode: str = "normal", readonly: bool = False) -> None:
