@@ -98,6 +98,29 @@ def _disown_after_fork() -> None:
         handle._forked = True
         handle._closed = True
         handle._state = None
+        # The child's copies of the descriptors must go: they share the parent's open file
+        # descriptions, so while the child kept them the parent's writer lock and reader
+        # slot would outlive the parent.  Closing them releases nothing the parent holds.
+        fds = [handle._fd]
+        if handle._lock is not None:
+            fds.append(handle._lock.fd)
+            try:  # the mapping holds its own dup() of the descriptor (and the slot's lock)
+                handle._lock.map.close()
+            except (BufferError, ValueError):
+                pass
+        handle._lockmap = None
+        handle._follow = False
+        if handle._wal is not None:
+            fds.append(handle._wal.fd)
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        handle._fd = -1
+        handle._lock = None
+        handle._wal = None
     _OPEN_HANDLES.clear()
 
 
@@ -316,18 +339,35 @@ class Database:
         self._fd = fs.open(data, os.O_RDONLY if self.readonly else os.O_RDWR)
         meta, ps = self._read_meta(data)
         pager = Pager(fs, self._fd, ps, decode, cache_size)
+        self.page_size = ps
+        self.max_key_size = max_key_size(ps)
         try:
-            pager.check_covers(meta.hwm)
-            freelist, _ = read_freelist(pager, meta)
-            self.page_size = ps
-            self.max_key_size = max_key_size(ps)
-            self._state = self._recover(
-                State(meta, pager, freelist, meta.wal_seq, (), meta.entries)
-            )
+            for attempt in range(1000):
+                pager.check_covers(meta.hwm)
+                freelist, _ = read_freelist(pager, meta)
+                try:
+                    self._state = self._recover(
+                        State(meta, pager, freelist, meta.wal_seq, (), meta.entries)
+                    )
+                    break
+                except (FileNotFoundError, CorruptionError) as exc:
+                    # A readonly open can race a writer's checkpoint: a WAL file the meta
+                    # covers is deleted under it (harmless: list again), or a newer meta
+                    # no longer reaches back to the WAL files listed (start again from it).
+                    # Commits missing with the meta unchanged are real damage.
+                    newest, _ = self._read_meta(data)
+                    lost_file = isinstance(exc, FileNotFoundError)
+                    if not self.readonly or (newest.txnid == meta.txnid and not lost_file):
+                        raise
+                    if attempt == 999:
+                        raise
+                    if newest.txnid != meta.txnid:
+                        meta = newest
+                        pager.cache.clear()
         except BaseException:
             pager.close()
             raise
-        self._written_seq = self._synced_seq = self._state.seq
+        self._written_seq = self._synced_seq = self._state.seq  # type: ignore[union-attr]
 
     def _recover(self, state: State) -> State:
         """Replay the WAL files after the tree's ``wal_seq`` into a memtable (invariant 5:
@@ -387,26 +427,8 @@ class Database:
             self._announce()
 
     def _read_meta(self, data: str) -> tuple[Meta, int]:
-        """The newest valid meta page and the page size.  The page size meta 0 records is
-        tried first; if that fails (meta 0 may be the damaged one, even in its page size
-        field), every other page size is tried, so an intact meta 1 is always found."""
-        fs = self._fs
-        first = peek_page_size(fs.pread(self._fd, 4096, 0))
-        sizes = [512 << i for i in range(8)]
-        if first is not None:
-            sizes.remove(first)
-            sizes.insert(0, first)
-        errors = []
-        for ps in sizes:
-            meta0 = fs.pread(self._fd, ps, 0).ljust(ps, b"\0")
-            meta1 = fs.pread(self._fd, ps, ps).ljust(ps, b"\0")
-            try:
-                return pick(meta0, meta1)[0], ps
-            except CorruptionError as exc:
-                if ps == first:
-                    errors.append(str(exc))
-        detail = f": {errors[0]}" if errors else " (not a kvmap database?)"
-        raise CorruptionError(f"{data}: no valid meta page{detail}")
+        """The newest valid meta page and the page size of this handle's data file."""
+        return _read_meta_fd(self._fs, self._fd, data)
 
     def _lock_writer(self, timeout: float) -> None:
         """Take the writer lock, polling until ``timeout`` seconds have passed."""
@@ -488,6 +510,7 @@ class Database:
         if lock is None or state is None:
             return
         held = [state, *list(self._snapshots.values())]
+        held.extend(g for g in list(self._getters.values()) if g is not None)
         oldest = min(held, key=lambda s: s.txnid)
         lock.hold(oldest.txnid, oldest.seq)
 
@@ -533,31 +556,51 @@ class Database:
                 return new
 
     def _rebuild(self, state: State) -> State:
-        """A state on the newest tree, with the WAL after it replayed."""
+        """A state on the newest tree, with the WAL after it replayed.  Raises
+        :class:`_TreeMoved` when a checkpoint or a compaction overtook the reads (the
+        caller starts over), :class:`CorruptionError` for real damage."""
         data = os.path.join(self.path, DATA_FILE)
         pager = state.pager
-        if os.stat(data).st_ino != os.fstat(self._fd).st_ino:
+        fd = self._fd
+        if os.stat(data).st_ino != os.fstat(pager.fd).st_ino:
             # compact() swapped in a new file: read it through a new descriptor and pager;
-            # old snapshots keep the old mappings, which keep the old file alive.
+            # old snapshots keep the old mappings, which keep the old file alive.  The
+            # handle switches to them only once the new state is complete.
             fd = self._fs.open(data, os.O_RDONLY)
-            old_fd, self._fd = self._fd, fd
-            _close_quietly(self._fs, old_fd)
             pager = Pager(
                 self._fs, fd, pager.page_size, decode, pager.max_cached * 2 * pager.page_size
             )
-        meta, _ = self._read_meta(data)
-        pager.check_covers(meta.hwm)
-        if meta.txnid != state.txnid:
-            pager.cache.clear()
-        self._tail = None
         try:
-            return self._recover(State(meta, pager, state.freelist, meta.wal_seq, (), meta.entries))
-        except CorruptionError:
-            # A checkpoint may have written a newer meta and deleted the WAL the meta read
-            # above needed, between the two reads: that is a race, not damage.
-            if self._read_meta(data)[0].txnid != meta.txnid:
-                raise _TreeMoved from None
+            meta, _ = _read_meta_fd(self._fs, fd, data)
+            pager.check_covers(meta.hwm)
+            if meta.txnid != state.txnid or pager is not state.pager:
+                pager.cache.clear()
+            self._tail = None
+            try:
+                new = self._recover(
+                    State(meta, pager, state.freelist, meta.wal_seq, (), meta.entries)
+                )
+            except (CorruptionError, FileNotFoundError):
+                if self._moved(data, fd, meta):
+                    raise _TreeMoved from None
+                raise
+            if self._moved(data, fd, meta):
+                raise _TreeMoved  # the WAL listed may belong to a newer tree: do it again
+        except BaseException:
+            if fd != self._fd:
+                pager.close()
+                _close_quietly(self._fs, fd)
             raise
+        if fd != self._fd:
+            old_fd, self._fd = self._fd, fd
+            _close_quietly(self._fs, old_fd)
+        return new
+
+    def _moved(self, data: str, fd: int, meta: Meta) -> bool:
+        """Whether the data file was replaced or its newest meta changed since ``meta``."""
+        if os.stat(data).st_ino != os.fstat(fd).st_ino:
+            return True
+        return _read_meta_fd(self._fs, fd, data)[0].txnid != meta.txnid
 
     def _follow_wal(self, state: State, wal_start: int) -> State:
         """The frames appended to the WAL since the last look (and to newer WAL files)."""
@@ -567,6 +610,11 @@ class Database:
         keep_old = bool(self._snapshots) or any(list(self._getters.values()))
         while True:
             buf = read_wal(self._fs, path)
+            try:
+                if decode_header(buf, path)[0] != salt:
+                    raise _TreeMoved  # a new writer process made a new file of that name
+            except CorruptionError:
+                raise _TreeMoved from None
             seq, entries, offset = _replay(state, mem, buf, offset, salt, wstart, seq, entries,
                                            keep_old)  # fmt: skip
             self._tail = (path, salt, wstart, offset)
@@ -610,6 +658,8 @@ class Database:
 
     def _unregister(self, token: int) -> None:
         self._snapshots.pop(token, None)
+        if self._follow:
+            self._hold()  # the oldest tree this handle needs may have moved on
 
     # -- transactions --------------------------------------------------------------------
     def begin(self, write: bool = False, *, sync: str | None = None) -> Snapshot:
@@ -1123,6 +1173,8 @@ class Database:
             raise error
 
     def _release_files(self) -> None:
+        self._follow = False  # reads now fail on the state (closed), not on the mapping
+        self._lockmap = None
         fd, self._fd = self._fd, -1
         if fd >= 0:
             _close_quietly(self._fs, fd)
@@ -1153,6 +1205,28 @@ class Database:
             return f"<kvmap.Database {self.path!r} closed>"
         mode = "readonly" if self.readonly else f"sync={self.sync_mode}"
         return f"<kvmap.Database {self.path!r} {mode} entries={state.entries}>"
+
+
+def _read_meta_fd(fs: fileio.FileSystem, fd: int, data: str) -> tuple[Meta, int]:
+    """The newest valid meta page and the page size.  The page size meta 0 records is
+    tried first; if that fails (meta 0 may be the damaged one, even in its page size
+    field), every other page size is tried, so an intact meta 1 is always found."""
+    first = peek_page_size(fs.pread(fd, 4096, 0))
+    sizes = [512 << i for i in range(8)]
+    if first is not None:
+        sizes.remove(first)
+        sizes.insert(0, first)
+    errors = []
+    for ps in sizes:
+        meta0 = fs.pread(fd, ps, 0).ljust(ps, b"\0")
+        meta1 = fs.pread(fd, ps, ps).ljust(ps, b"\0")
+        try:
+            return pick(meta0, meta1)[0], ps
+        except CorruptionError as exc:
+            if ps == first:
+                errors.append(str(exc))
+    detail = f": {errors[0]}" if errors else " (not a kvmap database?)"
+    raise CorruptionError(f"{data}: no valid meta page{detail}")
 
 
 def _replay(

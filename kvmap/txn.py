@@ -123,7 +123,7 @@ class Snapshot:
         if not self._done:
             self._done = True
             if self._token is not None:
-                self._db._snapshots.pop(self._token, None)
+                self._db._unregister(self._token)
 
     def abort(self) -> None:
         """Same as :meth:`close` for a read snapshot."""
