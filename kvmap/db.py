@@ -1048,7 +1048,7 @@ class Database:
                 "high_water_mark": meta.hwm,
                 "free_pages": counts["free"],
                 "file_size": state.pager.file_size(),
-                "wal_size": wal.size if wal is not None else 0,
+                "wal_size": wal.size if wal is not None else _wal_bytes(self.path),
                 "memtable_keys": sum(len(m) for m in state.mems),
                 "commit_seq": state.seq,
                 "checkpoint_seq": meta.wal_seq,
@@ -1248,6 +1248,17 @@ def _replay(
         mem.apply(fseq, ops, keep_old)
         seq = fseq
     return seq, entries, end
+
+
+def _wal_bytes(directory: str) -> int:
+    """Bytes in the WAL files on disk (what a handle that does not write sees)."""
+    total = 0
+    for _, path in list_wals(directory):
+        try:
+            total += os.path.getsize(path)
+        except FileNotFoundError:
+            pass  # deleted by a checkpoint meanwhile
+    return total
 
 
 def _close_quietly(fs: fileio.FileSystem, fd: int) -> None:
