@@ -489,6 +489,11 @@ class Database:
         held.extend(s for s in list(self._getters.values()) if s is not None)
         return held
 
+    def _has_readers(self) -> bool:
+        """Whether any snapshot or in-flight read of this handle exists: each is older than
+        the commit being applied, so the versions it replaces must be kept."""
+        return bool(self._snapshots) or any(list(self._getters.values()))
+
     def _oldest_txnid(self, limit: int) -> int:
         """The oldest tree txn id a reader holds, in this process (the registry) or any
         other handle (the reader table), capped at ``limit``."""
@@ -607,7 +612,7 @@ class Database:
         path, salt, wstart, offset = self._tail  # type: ignore[misc]
         seq, entries = state.seq, state.entries
         mem = state.mems[0]
-        keep_old = bool(self._snapshots) or any(list(self._getters.values()))
+        keep_old = self._has_readers()
         while True:
             buf = read_wal(self._fs, path)
             try:
@@ -730,7 +735,7 @@ class Database:
                 raise self._fail(exc, "WAL write") from exc
             # An older reader may still need the versions this commit replaces: every
             # registered snapshot and in-flight read is older than this commit.
-            keep_old = bool(self._snapshots) or any(list(self._getters.values()))
+            keep_old = self._has_readers()
             state.mems[0].apply(seq, ops, keep_old)
             self._state = state.advance(seq, state.entries + delta)
             if not wal.buffer:  # every frame up to this one reached the OS
@@ -867,14 +872,8 @@ class Database:
     def delete(self, key: bytes) -> bool:
         """Remove ``key`` and commit; returns whether it was present (a missing key commits
         nothing).  Cost: a lookup, and one commit if the key was there."""
-        k = as_key(key)
-        if self.get(k, MISSING) is MISSING:
-            self._live()
-            if self.readonly:
-                raise ReadOnlyError(f"{self.path} is open readonly")
-            return False
         with self.begin(write=True) as txn:
-            return txn.delete(k)
+            return txn.delete(key)
 
     def __delitem__(self, key: bytes) -> None:
         """``del db[key]``: raises ``KeyError`` if the key is missing."""

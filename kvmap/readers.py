@@ -66,11 +66,11 @@ class ReaderInfo(NamedTuple):
     seq: int
 
 
-def _lock_range(fd: int, start: int, length: int, kind: int, wait: bool = False) -> bool:
-    """Take (or with F_UNLCK release) an OFD lock on a byte range; False if it is held."""
-    cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+def _lock_range(fd: int, start: int, length: int, kind: int) -> bool:
+    """Take (or with F_UNLCK release) an OFD lock on a byte range without waiting; False if
+    another open file description holds it."""
     try:
-        fcntl.fcntl(fd, cmd, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(kind, os.SEEK_SET, start, length, 0))
     except (BlockingIOError, PermissionError):
         return False
     return True
