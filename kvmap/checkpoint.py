@@ -50,8 +50,13 @@ def fold(
     # 3. the old freelist run is freed like any replaced page; the new run is allocated
     #    last, which only shrinks what it must hold, so the estimate is an upper bound.
     if meta.freelist:
+        # No snapshot reads a freelist run, so the old run waits only for this meta to be
+        # durable (a torn meta falls back to the old one, which names the old run): it goes
+        # into group 0, which the next fold releases whatever readers hold.  Pending on
+        # readers instead, runs listing ever more pending pages would pile up while a
+        # snapshot is held, and the file would grow exponentially.
         _, length = run_header(pager.page(meta.freelist), meta.freelist, PAGE_FREELIST)
-        writer.free(meta.freelist, run_pages(length, ps))
+        freelist.add_pending(0, list(range(meta.freelist, meta.freelist + run_pages(length, ps))))
     freelist.add_pending(txnid, writer.freed)
     fl_pgno = 0
     if len(freelist):

@@ -72,7 +72,16 @@ from .pager import Pager
 from .readers import LockFile, Published, ReaderInfo
 from .segments import first_segment, segment_end
 from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
-from .wal import WalWriter, decode_header, encode_frame, list_wals, read_wal, scan_frames
+from .wal import (
+    WalWriter,
+    decode_header,
+    encode_frame,
+    list_wals,
+    read_wal,
+    read_wal_header,
+    read_wal_tail,
+    scan_frames,
+)
 
 SYNC_MODES = ("full", "normal", "off")
 _PUBLISHED_RAW = struct.Struct("<QQQ")
@@ -344,7 +353,9 @@ class Database:
         try:
             for attempt in range(1000):
                 pager.check_covers(meta.hwm)
-                freelist, _ = read_freelist(pager, meta)
+                # A readonly handle never allocates; only the newest meta's freelist run
+                # is kept intact, so it does not read one (it could be reused under it).
+                freelist = Freelist() if self.readonly else read_freelist(pager, meta)[0]
                 try:
                     self._state = self._recover(
                         State(meta, pager, freelist, meta.wal_seq, (), meta.entries)
@@ -614,23 +625,23 @@ class Database:
         mem = state.mems[0]
         keep_old = self._has_readers()
         while True:
-            buf = read_wal(self._fs, path)
+            head, buf = read_wal_tail(self._fs, path, offset)  # what was appended since
             try:
-                if decode_header(buf, path)[0] != salt:
+                if decode_header(head, path)[0] != salt:
                     raise _TreeMoved  # a new writer process made a new file of that name
             except CorruptionError:
                 raise _TreeMoved from None
+            start = offset
             seq, entries, offset = _replay(state, mem, buf, offset, salt, wstart, seq, entries,
-                                           keep_old)  # fmt: skip
+                                           keep_old, base=start)  # fmt: skip
             self._tail = (path, salt, wstart, offset)
-            if wal_start == wstart or offset < len(buf):
+            if wal_start == wstart or offset < start + len(buf):
                 break  # the file the writer appends to (or a torn tail: wait for more)
             nxt = [(s, p) for s, p in list_wals(self.path) if s > wstart]
             if not nxt or nxt[0][0] > seq:
                 break
             wstart, path = nxt[0]
-            head = read_wal(self._fs, path)
-            salt, wstart = decode_header(head, path)
+            salt, wstart = decode_header(read_wal_header(self._fs, path), path)
             offset = WAL_HEADER_SIZE
         return State(state.meta, state.pager, state.freelist, seq, state.mems, entries)
 
@@ -1025,38 +1036,50 @@ class Database:
         """Verify the latest commit's tree: checksums, key order, page accounting
         (invariant 3), entry count.  Returns page counts by type.  Cost: reads every page
         once.  Raises :class:`~kvmap.CorruptionError` describing the first problem."""
-        state, token = self._register()
-        try:
-            return check_tree(state.pager, state.meta)
-        finally:
-            self._unregister(token)
+        return self._checked_tree()[1]
+
+    def _checked_tree(self) -> tuple[State, dict[str, Any]]:
+        """check() of the newest tree.  Only the newest meta's freelist run is kept intact,
+        so no checkpoint may run during the check: a writable handle holds the checkpoint
+        lock; a follower starts over if the writer's checkpoint moved the tree meanwhile."""
+        for _ in range(100):
+            state, token = self._register()
+            try:
+                if not self.readonly:
+                    with self._ckpt_lock:
+                        return self._live(), check_tree(self._live().pager, self._live().meta)
+                before = self._lock.published().txnid if self._lock is not None else 0
+                try:
+                    return state, check_tree(state.pager, state.meta)
+                except CorruptionError:
+                    if self._lock is None or self._lock.published().txnid == before:
+                        raise
+            finally:
+                self._unregister(token)
+        raise CorruptionError(f"{self.path}: the tree kept moving during check()")
 
     def stats(self) -> dict[str, Any]:
         """Entries, depth, pages by type, file and WAL sizes, free pages and more, as a
         dict.  Cost: reads every page once (like :meth:`check`)."""
-        state, token = self._register()
-        try:
-            counts = check_tree(state.pager, state.meta)
-            meta = state.meta
-            wal = self._wal
-            return {
-                "entries": state.entries,
-                "depth": meta.depth,
-                "page_size": meta.page_size,
-                "pages": counts,
-                "high_water_mark": meta.hwm,
-                "free_pages": counts["free"],
-                "file_size": state.pager.file_size(),
-                "wal_size": wal.size if wal is not None else _wal_bytes(self.path),
-                "memtable_keys": sum(len(m) for m in state.mems),
-                "commit_seq": state.seq,
-                "checkpoint_seq": meta.wal_seq,
-                "txnid": meta.txnid,
-                "segments": state.pager.segments.count,
-                "cached_pages": len(state.pager.cache),
-            }
-        finally:
-            self._unregister(token)
+        state, counts = self._checked_tree()
+        meta = state.meta
+        wal = self._wal
+        return {
+            "entries": state.entries,
+            "depth": meta.depth,
+            "page_size": meta.page_size,
+            "pages": counts,
+            "high_water_mark": meta.hwm,
+            "free_pages": counts["free"],
+            "file_size": state.pager.file_size(),
+            "wal_size": wal.size if wal is not None else _wal_bytes(self.path),
+            "memtable_keys": sum(len(m) for m in state.mems),
+            "commit_seq": state.seq,
+            "checkpoint_seq": meta.wal_seq,
+            "txnid": meta.txnid,
+            "segments": state.pager.segments.count,
+            "cached_pages": len(state.pager.cache),
+        }
 
     def compact(self) -> int:
         """Rewrite the live tree into a fresh, dense file and swap it in; returns the bytes
@@ -1230,15 +1253,16 @@ def _read_meta_fd(fs: fileio.FileSystem, fd: int, data: str) -> tuple[Meta, int]
 
 def _replay(
     state: State, mem: Memtable, buf: bytes, offset: int, salt: int, wstart: int, seq: int,
-    entries: int, keep_old: bool,
+    entries: int, keep_old: bool, base: int = 0,
 ) -> tuple[int, int, int]:  # fmt: skip
-    """Apply the valid frames of one WAL file's bytes from ``offset`` that come after commit
-    ``seq`` to ``mem``, keeping ``entries`` exact.  Returns (last seq, entries, the offset
-    after the last valid frame)."""
+    """Apply the valid frames of one WAL file from file offset ``offset`` that come after
+    commit ``seq`` to ``mem``, keeping ``entries`` exact; ``buf`` holds the file's bytes
+    from offset ``base`` on.  Returns (last seq, entries, the file offset after the last
+    valid frame)."""
     end = offset
-    for fseq, ops, fend in scan_frames(buf, offset, salt, wstart if offset == WAL_HEADER_SIZE
-                                       else seq):  # fmt: skip
-        end = fend
+    for fseq, ops, fend in scan_frames(buf, offset - base, salt, wstart
+                                       if offset == WAL_HEADER_SIZE else seq):  # fmt: skip
+        end = fend + base
         if fseq <= seq:
             continue
         cur = state.advance(seq, entries)

@@ -5,6 +5,10 @@ than T, so they stay *pending* until no live snapshot is older than T, then beco
 *reusable*.  A page allocated and freed inside the same uncommitted transaction was never
 reachable by anyone and is reusable at once (the pager handles that case).
 
+Group 0 is special: it holds the pages of replaced freelist runs, which no snapshot reads,
+so the next fold releases it whatever readers hold (see checkpoint.fold).  Only the newest
+meta's freelist run is therefore guaranteed intact.
+
 The freelist is persisted at every commit as one run of type ``PAGE_FREELIST``
 (docs/format.md "Freelist run"), pending groups included, so a crash never leaks pages and a
 reopen knows which pages older snapshots of other processes may still read.

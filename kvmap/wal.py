@@ -243,19 +243,45 @@ class WalWriter:
             self.fs.close(fd)
 
 
-def read_wal(fs: FileSystem, path: str) -> bytes:
-    """The whole WAL file.  Raises ``OSError``."""
+def read_wal(fs: FileSystem, path: str, start: int = 0) -> bytes:
+    """The WAL file's bytes from offset ``start`` to its end (the whole file by default).
+    Raises ``OSError``."""
     fd = fs.open(path, os.O_RDONLY)
     try:
-        size = fs.size(fd)
-        chunks = []
-        off = 0
-        while off < size:
-            chunk = fs.pread(fd, min(size - off, 64 << 20), off)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            off += len(chunk)
-        return b"".join(chunks)
+        return _read_from(fs, fd, start)
     finally:
         fs.close(fd)
+
+
+def read_wal_tail(fs: FileSystem, path: str, start: int) -> tuple[bytes, bytes]:
+    """(the header bytes, the bytes from offset ``start`` on) of a WAL file that a follower
+    has read up to ``start``: a catch-up costs what was appended, not the whole file.
+    Raises ``OSError``."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        return fs.pread(fd, WAL_HEADER_SIZE, 0), _read_from(fs, fd, start)
+    finally:
+        fs.close(fd)
+
+
+def read_wal_header(fs: FileSystem, path: str) -> bytes:
+    """The first ``WAL_HEADER_SIZE`` bytes of a WAL file (fewer if it is shorter).  Raises
+    ``OSError``."""
+    fd = fs.open(path, os.O_RDONLY)
+    try:
+        return fs.pread(fd, WAL_HEADER_SIZE, 0)
+    finally:
+        fs.close(fd)
+
+
+def _read_from(fs: FileSystem, fd: int, start: int) -> bytes:
+    size = fs.size(fd)
+    chunks = []
+    off = start
+    while off < size:
+        chunk = fs.pread(fd, min(size - off, 64 << 20), off)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        off += len(chunk)
+    return b"".join(chunks)

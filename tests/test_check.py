@@ -20,6 +20,7 @@ import pytest
 
 import kvmap
 from kvmap.check import check as check_tree
+from kvmap.check import read_freelist
 from kvmap.format import DATA_FILE, PAGE_FREELIST, PAGE_OVERFLOW
 from kvmap.freelist import Freelist
 from kvmap.meta import Meta
@@ -81,7 +82,8 @@ def layout(path: str) -> Layout:
         if meta.freelist:
             _, length = run_header(pager.page(meta.freelist), meta.freelist, PAGE_FREELIST)
             lay.freelist_run = (meta.freelist, run_pages(length, PS))
-        lay.free = sorted(state.freelist.pages())
+        # a readonly handle does not load the freelist (it never allocates): read the run
+        lay.free = sorted(read_freelist(pager, meta)[0].pages())
         return lay
     finally:
         db.close()
@@ -278,8 +280,10 @@ def test_flipped_byte_in_the_freelist_run(path: str, lay: Layout) -> None:
         flip(path, fl * PS + off)
         with pytest.raises(kvmap.CorruptionError, match=names(fl)):
             kvmap.open(path)
-        with pytest.raises(kvmap.CorruptionError, match=names(fl)):
-            kvmap.open(path, readonly=True)
+        # a readonly handle does not load the freelist (it never allocates); its check() reads it
+        with kvmap.open(path, readonly=True) as db:
+            with pytest.raises(kvmap.CorruptionError, match=names(fl)):
+                db.check()
         flip(path, fl * PS + off)
     with kvmap.open(path) as db:
         db.check()
@@ -350,7 +354,7 @@ def reseal(path: str, node: Node) -> None:
 def test_page_dropped_from_the_freelist_is_reported_unreachable(path: str, lay: Layout) -> None:
     fl, n = lay.freelist_run
     with kvmap.open(path, readonly=True) as db:
-        freelist = db._state.freelist.copy()
+        freelist = read_freelist(db._state.pager, db._state.meta)[0]
     victim = sorted(freelist.free)[len(freelist.free) // 2] if freelist.free else None
     if victim is None:
         t = next(iter(freelist.pending))
@@ -514,7 +518,7 @@ def test_high_water_mark_too_low(path: str, lay: Layout) -> None:
 def test_freelist_run_past_the_high_water_mark(path: str, lay: Layout) -> None:
     fl, n = lay.freelist_run
     with kvmap.open(path, readonly=True) as db:
-        freelist = db._state.freelist.copy()
+        freelist = read_freelist(db._state.pager, db._state.meta)[0]
     freelist.add_reusable(list(range(lay.meta.hwm, lay.meta.hwm + 3)))  # impossible pages
     txn, _ = run_header(read_page(path, fl), fl, PAGE_FREELIST)
     run = encode_run(PAGE_FREELIST, fl, txn, freelist.encode(), PS)
