@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
-from itertools import islice
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 
 from .errors import CorruptionError
 from .format import (
@@ -65,6 +66,33 @@ def read_overflow(pager: Pager, ref: Ovf) -> bytes:
     _, length = run_header(pager.page(ref.pgno), ref.pgno, PAGE_OVERFLOW)
     run = pager.read(ref.pgno * ps, run_pages(length, ps) * ps)
     return run_payload(run, ref.pgno, length)
+
+
+def _leaf_bounds(keys: list[bytes], vals: list[Value], usable: int, target: int) -> list[int]:
+    """Where to cut leaf cells into pages: [0, b1, ..., len(keys)].  A page takes cells
+    until it holds at least ``target`` bytes (the last cell may pass it, never ``usable``).
+    Cost: sizes and their prefix sums in C (``map``/``accumulate``), one ``bisect`` per
+    page, instead of a Python step per cell.
+
+    >>> _leaf_bounds([b"a", b"b", b"c"], [b"x" * 10] * 3, usable=40, target=20)
+    [0, 2, 3]
+    """
+    n = len(keys)
+    # cum[i] = bytes of cells [0, i); an Ovf's len() is that of its stored reference
+    sizes = map(add, map(add, map(len, keys), map(len, vals)), repeat(LEAF_CELL_OVERHEAD, n))
+    cum = list(accumulate(sizes, initial=0))
+    bounds = [0]
+    a = 0
+    while a < n:
+        base = cum[a]
+        i = bisect_left(cum, base + target, a + 1)  # cells [a, i) reach the target
+        if i > n:
+            i = n
+        if cum[i] - base > usable:  # cell i-1 overflows the page: it starts the next one
+            i -= 1
+        bounds.append(i)
+        a = i
+    return bounds
 
 
 class TreeWriter:
@@ -152,7 +180,7 @@ class TreeWriter:
         page is read once and rewritten once; O(len(ops) + touched pages)."""
         if not ops:
             return root, depth
-        opkeys = [k for k, _ in ops]
+        opkeys = list(map(itemgetter(0), ops))
         if root == 0:
             entries = self._leaf(None, ops, 0, len(ops), b"")
             depth = 1
@@ -226,16 +254,19 @@ class TreeWriter:
             # Every op lands after the last key (a bulk load, or a new tree): no search, no
             # insert in the middle; deletes of keys that are not there are no-ops.
             room = self.max_cell - LEAF_CELL_OVERHEAD
-            store = self.store_value
-            added = [
-                (k, v if len(k) + len(v) <= room else store(k, v))
-                for k, v in islice(ops, j, end)
-                if v is not None
-            ]
-            if added:
-                keys.extend([k for k, _ in added])
-                vals.extend([v for _, v in added])
-                self.delta += len(added)
+            seg = ops[j:end]
+            new_keys = list(map(itemgetter(0), seg))
+            new_vals = list(map(itemgetter(1), seg))
+            if None in new_vals or max(map(add, map(len, new_keys), map(len, new_vals))) > room:
+                # deletes to skip or values to move to overflow runs: one item at a time
+                store = self.store_value
+                new_keys = [k for k, v in seg if v is not None]
+                new_vals = [v if len(k) + len(v) <= room else store(k, v) for k, v in seg
+                            if v is not None]  # fmt: skip
+            if new_keys:
+                keys.extend(new_keys)
+                vals.extend(new_vals)
+                self.delta += len(new_keys)
                 changed = True
             end = j  # nothing left for the general loop below
         i = 0
@@ -291,11 +322,16 @@ class TreeWriter:
             if branch:
                 self.dirty[pg].keys[0] = b""
             return [(lo, pg)]
+        target = usable if appending else -(-total // -(-total // usable))
         if branch:
             sizes = [BRANCH_CELL_OVERHEAD + len(k) for k in seps]
         else:
-            sizes = [LEAF_CELL_OVERHEAD + len(k) + len(v) for k, v in zip(seps, vals)]  # type: ignore[arg-type]
-        target = usable if appending else -(-total // -(-total // usable))
+            bounds = _leaf_bounds(seps, vals, usable, target)  # type: ignore[arg-type]
+            out = []
+            for a, b in zip(bounds, bounds[1:]):
+                pg = self.new_node(seps[a:b], vals[a:b], None)  # type: ignore[index]
+                out.append((seps[a] if a else lo, pg))
+            return out
         bounds = [0]
         acc = 0
         last = len(sizes) - 1
@@ -313,14 +349,9 @@ class TreeWriter:
         bounds.append(len(sizes))
         out = []
         for a, b in zip(bounds, bounds[1:]):
-            if branch:
-                pg = self.new_node(seps[a:b], None, kids[a:b])  # type: ignore[index]
-            else:
-                pg = self.new_node(seps[a:b], vals[a:b], None)  # type: ignore[index]
+            pg = self.new_node(seps[a:b], None, kids[a:b])  # type: ignore[index]
             out.append((seps[a] if a else lo, pg))
-        if branch:
-            for _, pg in out:
-                self.dirty[pg].keys[0] = b""
+            self.dirty[pg].keys[0] = b""
         return out
 
     def _rebalance(self, entries: list[tuple[bytes, int]], child_level: int) -> None:

@@ -35,13 +35,12 @@ import struct
 import threading
 import time
 import weakref
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from threading import get_ident
 from typing import Any
 
 from . import fileio
-from .btree import MISSING, Builder, read_overflow
+from .btree import MISSING, Builder
 from .check import check as check_tree
 from .check import read_freelist
 from .checkpoint import fold
@@ -60,6 +59,7 @@ from .format import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_READER_SLOTS,
     LOCK_FILE,
+    MAX_VALUE_SIZE,
     WAL_HEADER_SIZE,
     max_key_size,
     valid_page_size,
@@ -67,15 +67,16 @@ from .format import (
 from .freelist import Freelist
 from .memtable import Memtable
 from .meta import Meta, peek_page_size, pick
-from .node import Ovf, decode
+from .node import decode
 from .pager import Pager
 from .readers import LockFile, Published, ReaderInfo
 from .segments import first_segment, segment_end
-from .txn import Snapshot, WriteTxn, as_key, checked_item, read_state
+from .txn import Snapshot, WriteTxn, as_key, checked_item, get_value, read_state
 from .wal import (
     WalWriter,
     decode_header,
     encode_frame,
+    encode_put_frame,
     list_wals,
     read_wal,
     read_wal_header,
@@ -827,31 +828,8 @@ class Database:
             if now is state:
                 break
             state = now
-        try:  # read_state() and btree.lookup(), inlined: this is the hottest path of all
-            seq = state.seq  # type: ignore[union-attr]
-            for mem in state.mems:  # type: ignore[union-attr]
-                e = mem.data.get(key)
-                while e is not None:
-                    if e[0] <= seq:
-                        v = e[1]
-                        return default if v is None else v
-                    e = e[2]
-            root = state.root  # type: ignore[union-attr]
-            if not root:
-                return default
-            cache = state.cache  # type: ignore[union-attr]
-            node = cache.get(root) or state.node(root)  # type: ignore[union-attr]
-            while (kids := node.kids) is not None:
-                pgno = kids[bisect_right(node.keys, key) - 1]
-                node = cache.get(pgno) or state.node(pgno)  # type: ignore[union-attr]
-            keys = node.keys
-            i = bisect_left(keys, key)
-            if i != len(keys) and keys[i] == key:
-                v = node.vals[i]
-                if v.__class__ is Ovf:
-                    return read_overflow(state.pager, v)  # type: ignore[union-attr]
-                return v
-            return default
+        try:
+            return get_value(state, key, default)  # type: ignore[arg-type]
         finally:
             getters[ident] = None
 
@@ -875,7 +853,55 @@ class Database:
         an fsync under ``sync="full"``).  Raises ``TypeError``,
         :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ReadOnlyError`,
         :class:`~kvmap.NestedWriteError`."""
-        self._autocommit(checked_item(key, value, self.max_key_size))
+        if (
+            key.__class__ is not bytes
+            or value.__class__ is not bytes
+            or len(key) > self.max_key_size
+            or len(value) > MAX_VALUE_SIZE
+        ):
+            key, value = checked_item(key, value, self.max_key_size)
+        ident = get_ident()
+        if self._writer == ident:
+            raise NestedWriteError("this thread already holds the write transaction")
+        if self._state is None or self.readonly:
+            self._live()
+            raise ReadOnlyError(f"{self.path} is open readonly")
+        # _commit() for one put, inlined (the hottest write path): the same steps in the
+        # same order, without building a list of ops.
+        with self._write_lock:
+            self._writer = ident
+            try:
+                with self._publish_lock:
+                    # The publish lock keeps this State current while its tree is read:
+                    # a checkpoint cannot publish, and the pages its fold reuses were
+                    # free before it began, so none of this tree's.
+                    state = self._live()
+                    seq = state.seq + 1
+                    wal = self._wal
+                    assert wal is not None
+                    # 1. existence, so that len() stays exact
+                    delta = read_state(state, key) is MISSING
+                    # 2. the WAL frame reaches the OS (or the buffer under sync="off")
+                    try:
+                        wal.append(encode_put_frame(wal.salt, seq, key, value), self.sync_mode)
+                    except BaseException as exc:
+                        raise self._fail(exc, "WAL write") from exc
+                    # 3. the memtable; older readers may need the version it replaces
+                    state.mems[0].apply(
+                        seq, [(key, value)],
+                        bool(self._snapshots) or any(list(self._getters.values())),
+                    )  # fmt: skip
+                    # 4. publish the new State, in this process and the lock file
+                    self._state = state.advance(seq, state.entries + delta)
+                    if not wal.buffer:
+                        self._written_seq = seq
+                        self._announce()
+            finally:
+                self._writer = None
+        if self.sync_mode == "full":
+            self._sync_wal(seq)
+        if wal.offset + len(wal.buffer) - WAL_HEADER_SIZE > self.checkpoint_size:
+            self._maybe_checkpoint()
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.put(key, value)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -37,6 +38,7 @@ from sortedcontainers import SortedList
 MISSING: Any = object()
 Op = tuple[bytes, bytes | None]
 _CHUNK = 256
+_VALUE = itemgetter(1)  # the value of a version (seq, value, older)
 
 
 class Memtable:
@@ -125,5 +127,5 @@ class Memtable:
     def latest(self) -> list[Op]:
         """Every key's newest version, sorted: the batch a checkpoint applies."""
         with self.lock:
-            data = self.data
-            return [(k, data[k][1]) for k in self._ordered()]
+            keys = self._ordered()
+            return list(zip(keys, map(_VALUE, map(self.data.__getitem__, keys))))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
 from collections.abc import Iterator
 
 from crc32c import crc32c
@@ -105,20 +106,46 @@ def encode_frame(salt: int, seq: int, ops: list[Op]) -> bytes:
     [(1, [(b'k', b'v'), (b'gone', None)])]
     """
     parts: list[bytes] = [b""]
-    size = _HEAD_SIZE + 4
+    add = parts.append
     pack = _OP.pack
     for k, v in ops:
         if v is None:
-            parts.append(pack(WAL_OP_DELETE, len(k), 0))
-            parts.append(k)
-            size += _OP_SIZE + len(k)
+            add(pack(WAL_OP_DELETE, len(k), 0))
+            add(k)
         else:
-            parts.append(pack(WAL_OP_PUT, len(k), len(v)))
-            parts.append(k)
-            parts.append(v)
-            size += _OP_SIZE + len(k) + len(v)
+            add(pack(WAL_OP_PUT, len(k), len(v)))
+            add(k)
+            add(v)
+    size = _HEAD_SIZE + 4 + sum(map(len, parts))
     parts[0] = _HEAD.pack(size, salt, seq, len(ops), 0)
     body = b"".join(parts)
+    return body + CHECKSUM.pack(crc32c(body))
+
+
+_HEAD_OP = struct.Struct(WAL_FRAME_HEAD.format + WAL_OP.format[1:])  # head + one op
+
+
+def encode_put_frame(salt: int, seq: int, key: bytes, value: bytes) -> bytes:
+    """``encode_frame(salt, seq, [(key, value)])``, the fast path of a one-put commit (one
+    ``pack`` instead of a loop).
+
+    >>> encode_put_frame(7, 3, b"k", b"v") == encode_frame(7, 3, [(b"k", b"v")])
+    True
+    """
+    body = (
+        _HEAD_OP.pack(
+            _HEAD_SIZE + _OP_SIZE + 4 + len(key) + len(value),
+            salt,
+            seq,
+            1,
+            0,
+            WAL_OP_PUT,
+            len(key),
+            len(value),
+        )  # fmt: skip
+        + key
+        + value
+    )
     return body + CHECKSUM.pack(crc32c(body))
 
 

@@ -593,3 +593,43 @@ def test_database_other_page_sizes(open_db: Any, rng: random.Random, page_size: 
     db.check()
     assert dict(db.items()) == model
     assert db.stats()["depth"] >= 2
+
+
+def _leaf_bounds_by_cell(sizes: list[int], usable: int, target: int) -> list[int]:
+    """The per-cell loop that btree._leaf_bounds replaced, as a reference."""
+    bounds, acc, last = [0], 0, len(sizes) - 1
+    for i, s in enumerate(sizes):
+        if acc + s > usable:
+            bounds.append(i)
+            acc = s
+        else:
+            acc += s
+        if acc >= target and i < last:
+            bounds.append(i + 1)
+            acc = 0
+    bounds.append(len(sizes))
+    return bounds
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 40), st.integers(0, 200)), min_size=1, max_size=200),
+    st.integers(0, 400),
+    st.booleans(),
+)
+def test_leaf_bounds_match_the_per_cell_loop(
+    cells: list[tuple[int, int]], slack: int, appending: bool
+) -> None:
+    from kvmap.btree import _leaf_bounds
+    from kvmap.format import LEAF_CELL_OVERHEAD
+
+    keys = [b"k" * k for k, _ in cells]
+    vals = [b"v" * v for _, v in cells]
+    sizes = [LEAF_CELL_OVERHEAD + k + v for k, v in cells]
+    usable = max(sizes) + slack
+    total = sum(sizes)
+    target = usable if appending else -(-total // -(-total // usable))
+    got = _leaf_bounds(keys, vals, usable, target)
+    assert got == _leaf_bounds_by_cell(sizes, usable, target)
+    for a, b in zip(got, got[1:]):
+        assert a < b and sum(sizes[a:b]) <= usable
