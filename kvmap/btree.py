@@ -245,8 +245,8 @@ class TreeWriter:
             keys: list[bytes] = []
             vals: list[Value] = []
         else:
-            keys = node.keys[:]
-            vals = node.vals[:]  # type: ignore[index]
+            keys = list(node.keys)
+            vals = list(node.vals)  # type: ignore[arg-type]
         last = keys[-1] if keys else None
         appending = last is None or ops[j][0] > last
         changed = False
@@ -320,7 +320,7 @@ class TreeWriter:
         if total <= usable:  # the common case: one page, no per-cell sizes needed
             pg = self.new_node(seps, vals, kids)
             if branch:
-                self.dirty[pg].keys[0] = b""
+                self.dirty[pg].keys[0] = b""  # type: ignore[index]  # a new node: lists
             return [(lo, pg)]
         target = usable if appending else -(-total // -(-total // usable))
         if branch:
@@ -351,7 +351,7 @@ class TreeWriter:
         for a, b in zip(bounds, bounds[1:]):
             pg = self.new_node(seps[a:b], None, kids[a:b])  # type: ignore[index]
             out.append((seps[a] if a else lo, pg))
-            self.dirty[pg].keys[0] = b""
+            self.dirty[pg].keys[0] = b""  # type: ignore[index]  # a new node: lists
         return out
 
     def _rebalance(self, entries: list[tuple[bytes, int]], child_level: int) -> None:
@@ -374,8 +374,8 @@ class TreeWriter:
             self.free(pg_b)
             if leaf:
                 merged = self._pack(
-                    left.keys + right.keys,
-                    left.vals + right.vals,  # type: ignore[operator]
+                    [*left.keys, *right.keys],
+                    [*left.vals, *right.vals],  # type: ignore[misc]
                     sep_a,
                     appending=False,
                 )

@@ -13,6 +13,7 @@ one slice per key and value.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from itertools import accumulate
 
 from crc32c import crc32c
@@ -83,16 +84,19 @@ class Node:
     Branch: ``kids[i]`` is the child holding keys in ``[keys[i], keys[i+1])``; ``keys[0]`` is
     ``b""`` once decoded (the real lower bound is the parent's separator).
     ``txn`` is the transaction that wrote the page.  A committed node is never mutated: a
-    writer copies it (copy-on-write) before changing it.
+    writer copies it (copy-on-write) before changing it.  Decoded nodes hold tuples (the
+    cyclic GC untracks a tuple of bytes, and decoded pages are most of the objects a
+    reader process keeps: lists would be scanned at every collection); nodes a writer
+    builds hold lists.
     """
 
     __slots__ = ("keys", "vals", "kids", "pgno", "txn")
 
     def __init__(
         self,
-        keys: list[bytes],
-        vals: list[Value] | None,
-        kids: list[int] | None,
+        keys: Sequence[bytes],
+        vals: Sequence[Value] | None,
+        kids: Sequence[int] | None,
         pgno: int = 0,
         txn: int = 0,
     ) -> None:
@@ -118,12 +122,12 @@ class Node:
         return f"<Node {kind} pgno={self.pgno} txn={self.txn} n={len(self.keys)}>"
 
 
-def leaf_size(keys: list[bytes], vals: list[Value]) -> int:
+def leaf_size(keys: Sequence[bytes], vals: Sequence[Value]) -> int:
     """Encoded size of a leaf holding ``keys``/``vals``."""
     return _HDR_SIZE + LEAF_CELL_OVERHEAD * len(keys) + sum(map(len, keys)) + sum(map(len, vals))
 
 
-def branch_size(keys: list[bytes]) -> int:
+def branch_size(keys: Sequence[bytes]) -> int:
     """Encoded size of a branch with these separators (``keys[0]`` is stored empty)."""
     n = len(keys)
     return _HDR_SIZE + BRANCH_CELL_OVERHEAD * n + sum(map(len, keys)) - (len(keys[0]) if n else 0)
@@ -142,6 +146,32 @@ def seal(page: bytearray) -> bytes:
     return bytes(page)
 
 
+# Design note: the layout cache.  Slicing keys and values one by one costs ~0.13 µs each,
+# most of a leaf's decode.  Leaves of one database usually repeat a few layouts (fixed-size
+# keys and values give one per cell count), so a layout -- the raw cell-length array -- seen
+# twice gets a compiled ``struct.Struct("<16s16s...100s")`` that unpacks every key and
+# value at once (~4x faster).  Layouts with an overflow reference are never compiled (the
+# slow path makes the Ovf objects).  Seen-once layouts are remembered without a Struct, so
+# databases of varied sizes never pay for compiling; both maps are bounded.
+_LAYOUTS: dict[bytes, struct.Struct] = {}
+_SEEN: set[bytes] = set()
+_MAX_LAYOUTS = 2048
+
+
+def _learn(layout: bytes, lens: tuple[int, ...], n: int) -> None:
+    """Compile ``layout`` (a leaf's cell-length array) the second time it is decoded."""
+    if layout not in _SEEN:
+        if len(_SEEN) >= 4 * _MAX_LAYOUTS:
+            _SEEN.clear()
+        _SEEN.add(layout)
+        return
+    if n == 0 or max(lens[n:]) >= VALUE_OVERFLOW_BIT:
+        return
+    if len(_LAYOUTS) >= _MAX_LAYOUTS:
+        _LAYOUTS.clear()
+    _LAYOUTS[layout] = struct.Struct("<" + "".join(map("{}s".format, lens)))
+
+
 def decode(buf: bytes, pgno: int) -> Node:
     """Decode a leaf or branch page read from page number ``pgno``.
 
@@ -158,14 +188,22 @@ def decode(buf: bytes, pgno: int) -> Node:
         lens_end = _HDR_SIZE + 4 * n
         if lens_end > page_size:
             raise CorruptionError(f"page {pgno}: {n} cells do not fit in a page")
+        layout = buf[_HDR_SIZE:lens_end]
+        cells = _LAYOUTS.get(layout)
+        if cells is not None:  # a layout seen before: every key and value in one C call
+            if lens_end + cells.size > page_size:
+                raise CorruptionError(f"page {pgno}: cells run past the end of the page")
+            fields = cells.unpack_from(buf, lens_end)
+            return Node(fields[:n], fields[n:], None, pgno, txn)
         lens = _array("H", 2 * n).unpack_from(buf, _HDR_SIZE)
+        _learn(layout, lens, n)
         koffs = list(accumulate(lens[:n], initial=lens_end))
         vlens = [(_OVF_INLINE if vl & VALUE_OVERFLOW_BIT else vl) for vl in lens[n:]]
         voffs = list(accumulate(vlens, initial=koffs[-1]))
         if voffs[-1] > page_size:
             raise CorruptionError(f"page {pgno}: cells run past the end of the page")
-        keys = [buf[a:b] for a, b in zip(koffs, koffs[1:])]
-        vals: list[Value] = [buf[a:b] for a, b in zip(voffs, voffs[1:])]
+        keys = tuple(map(buf.__getitem__, map(slice, koffs, koffs[1:])))
+        vals: list[Value] = list(map(buf.__getitem__, map(slice, voffs, voffs[1:])))
         raw = lens[n:]
         if n and max(raw) >= VALUE_OVERFLOW_BIT:
             for i, vl in enumerate(raw):
@@ -173,7 +211,7 @@ def decode(buf: bytes, pgno: int) -> Node:
                     if vl != VALUE_OVERFLOW_BIT | _OVF_INLINE:
                         raise CorruptionError(f"page {pgno}: bad overflow reference in cell {i}")
                     vals[i] = Ovf.from_ref(vals[i])
-        return Node(keys, vals, None, pgno, txn)
+        return Node(keys, tuple(vals), None, pgno, txn)
     if ptype == PAGE_BRANCH:
         kids_off = _HDR_SIZE + 2 * n
         lens_end = kids_off + 8 * n
@@ -182,11 +220,11 @@ def decode(buf: bytes, pgno: int) -> Node:
         klens = _array("H", n).unpack_from(buf, _HDR_SIZE)
         if klens[0]:
             raise CorruptionError(f"page {pgno}: a branch's first key must be stored empty")
-        kids = list(_array("Q", n).unpack_from(buf, kids_off))
+        kids = _array("Q", n).unpack_from(buf, kids_off)
         koffs = list(accumulate(klens, initial=lens_end))
         if koffs[-1] > page_size:
             raise CorruptionError(f"page {pgno}: cells run past the end of the page")
-        keys = [buf[a:b] for a, b in zip(koffs, koffs[1:])]
+        keys = tuple(map(buf.__getitem__, map(slice, koffs, koffs[1:])))
         return Node(keys, None, kids, pgno, txn)
     name = PAGE_TYPE_NAMES.get(ptype, f"unknown type {ptype}")
     raise CorruptionError(f"page {pgno}: expected a leaf or branch page, found {name}")

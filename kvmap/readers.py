@@ -144,8 +144,10 @@ class LockFile:
         return self.map[16:40]
 
     def publish(self, seq: int, txnid: int, wal_start: int) -> None:
-        """The writer announces a new commit sequence, tree and WAL file."""
-        _PUBLISHED.pack_into(self.map, 16, seq, txnid, wal_start, os.getpid())
+        """The writer announces a new commit sequence, tree and WAL file.  (``self.pid``,
+        not ``os.getpid()``, a system call per commit: after fork() the child's handles are
+        disowned and never publish.)"""
+        _PUBLISHED.pack_into(self.map, 16, seq, txnid, wal_start, self.pid)
 
     # -- this handle's slot ----------------------------------------------------------------
     def claim(self) -> None:

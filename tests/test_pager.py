@@ -96,7 +96,7 @@ def test_write_and_read(made: Any) -> None:
     for p in range(2, 40):
         assert pager.page(p) == leaf(p)
         n = pager.node(p)
-        assert n.keys == [b"key%d" % p] and n.vals == [b"val%d" % p] and n.pgno == p
+        assert list(n.keys) == [b"key%d" % p] and list(n.vals) == [b"val%d" % p] and n.pgno == p
     run = encode_run(PAGE_OVERFLOW, 40, 1, b"r" * 2000, PS)
     pager.ensure_pages(40 + len(run) // PS)
     pager.write(40, run)
@@ -222,7 +222,7 @@ def test_cache_is_bounded_and_eviction_keeps_working(made: Any) -> None:
     for _ in range(3):
         for p in range(2, 600):
             n = pager.node(p)
-            assert n.keys == [b"key%d" % p], p
+            assert list(n.keys) == [b"key%d" % p], p
             assert len(pager.cache) <= pager.max_cached
     assert len(dec.calls) > 598  # evicted pages were decoded again
     assert len(pager.cache) >= pager.max_cached * 3 // 4 - 1
