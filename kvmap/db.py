@@ -135,6 +135,42 @@ def _disown_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_disown_after_fork)
+
+# Design note: idle followers.  A readonly handle's reader slot names the oldest tree its
+# reads may walk, and it moves on only when the handle reads: a web worker idle for an hour
+# would pin the tree of its last request, and the writer could reuse no page freed since.
+# So one daemon thread per process (started with the first follower, restarted in a forked
+# child) catches every open follower up once the writer has published a new tree and at
+# least _REFRESH_INTERVAL seconds passed.  An open snapshot still pins its own tree; only
+# the handle's own hold moves.  A failed catch-up is left for the handle's next call to
+# report.
+_FOLLOWERS: weakref.WeakSet[Database] = weakref.WeakSet()
+_REFRESH_INTERVAL = 1.0  # seconds
+_refresher_pid = 0
+_refresher_lock = threading.Lock()
+
+
+def _watch_follower(handle: Database) -> None:
+    global _refresher_pid
+    with _refresher_lock:
+        _FOLLOWERS.add(handle)
+        if _refresher_pid != os.getpid():
+            _refresher_pid = os.getpid()
+            threading.Thread(
+                target=_refresh_followers, name="kvmap-follower-refresh", daemon=True
+            ).start()
+
+
+def _refresh_followers() -> None:
+    while True:
+        time.sleep(_REFRESH_INTERVAL)
+        for handle in list(_FOLLOWERS):
+            try:
+                handle._refresh_hold()
+            except Exception:  # closed or failing: its next call reports it
+                pass
+
+
 Op = tuple[bytes, bytes | None]
 
 
@@ -306,6 +342,7 @@ class Database:
                 self._follow = True
                 self._lock.claim()
                 self._hold()
+                _watch_follower(self)
         except BaseException:
             if self._state is not None:
                 self._state.pager.close()
@@ -530,6 +567,13 @@ class Database:
         held.extend(g for g in list(self._getters.values()) if g is not None)
         oldest = min(held, key=lambda s: s.txnid)
         lock.hold(oldest.txnid, oldest.seq)
+
+    def _refresh_hold(self) -> None:
+        """Catch up if the writer published a newer tree than this handle holds, so an idle
+        follower does not pin an old one (run by the refresher thread)."""
+        lock = self._lock
+        if self._follow and lock is not None and lock.published().txnid != self._seen.txnid:
+            self._fresh()
 
     def _fresh(self) -> State:
         """The current state, first catching up with the writer if it published anything
@@ -1222,6 +1266,7 @@ class Database:
 
     def _release_files(self) -> None:
         self._follow = False  # reads now fail on the state (closed), not on the mapping
+        _FOLLOWERS.discard(self)
         self._lockmap = None
         fd, self._fd = self._fd, -1
         if fd >= 0:
