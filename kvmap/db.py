@@ -17,8 +17,9 @@ then re-checks that the current State did not move, and reads.  Before reusing f
 and commit sequence any slot or registered snapshot holds, so nothing a reader walks is
 reused or dropped under it.  If the State moved between reading it and publishing the slot,
 the reader retries with the newer one: the writer may have looked at the slots before the
-slot was published.  This is LMDB's reader-table protocol, kept within one process; issue
-"multi-process" extends it across processes.
+slot was published.  This is LMDB's reader-table protocol, kept within one process; across
+processes each readonly handle holds a slot of the lock file's reader table
+(kvmap/readers.py), and ``_oldest_txnid`` takes both into account.
 
 Locks, always taken in this order: ``_write_lock`` (the write transaction, held from
 ``begin(write=True)`` to its end), ``_ckpt_lock`` (one checkpoint or tree commit at a
@@ -895,8 +896,9 @@ class Database:
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key`` and commit.  Cost: one commit (one WAL append, plus
         an fsync under ``sync="full"``).  Raises ``TypeError``,
-        :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ReadOnlyError`,
-        :class:`~kvmap.NestedWriteError`."""
+        :class:`~kvmap.KeyTooLargeError`, :class:`~kvmap.ValueTooLargeError`,
+        :class:`~kvmap.ReadOnlyError`, :class:`~kvmap.NestedWriteError`,
+        :class:`~kvmap.FatalError` (the write failed)."""
         if (
             key.__class__ is not bytes
             or value.__class__ is not bytes

@@ -62,7 +62,9 @@ class ValueTooLargeError(Error, ValueError):
 
 
 class ReadersFullError(Error):
-    """Raised when a new read snapshot cannot get a slot in the reader table."""
+    """Raised by ``kvmap.open(..., readonly=True)`` when every slot of the reader table in
+    the lock file is held by a live handle (``max_readers``, fixed when the lock file is
+    created).  Snapshots take no slot: each readonly handle takes one."""
 
 
 class DatabaseLockedError(Error):
@@ -71,10 +73,13 @@ class DatabaseLockedError(Error):
 
 
 class FatalError(Error):
-    """Raised when a write or sync to the data file failed (disk full, I/O error).  The
-    transaction that hit it did not commit, and the handle refuses all further use: close it
-    and reopen the database, which recovers to the last committed state.  The first raise
-    carries the ``OSError`` as ``__cause__``."""
+    """Raised when a write or sync to the data file or the write-ahead log failed (disk
+    full, I/O error).  The handle then refuses all further use: close it and reopen the
+    database, which recovers to a committed state.  Whether the transaction that hit it
+    survives depends on where it failed: a failed log write loses it; if the log write
+    reached the OS but its sync failed, the reopen may recover it (it was never reported
+    committed, so either outcome is consistent).  The first raise carries the ``OSError``
+    as ``__cause__``."""
 
 
 class OrderError(Error, ValueError):
