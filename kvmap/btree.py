@@ -64,7 +64,10 @@ def read_overflow(pager: Pager, ref: Ovf) -> bytes:
     the run and a crc32c over it.  Raises :class:`CorruptionError`."""
     ps = pager.page_size
     _, length = run_header(pager.page(ref.pgno), ref.pgno, PAGE_OVERFLOW)
-    run = pager.read(ref.pgno * ps, run_pages(length, ps) * ps)
+    try:
+        run = pager.read(ref.pgno * ps, run_pages(length, ps) * ps)
+    except CorruptionError as exc:  # a damaged length field: name the run
+        raise CorruptionError(f"page {ref.pgno}: overflow run: {exc}") from None
     return run_payload(run, ref.pgno, length)
 
 

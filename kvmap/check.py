@@ -90,11 +90,20 @@ def check(pager: Pager, meta: Meta, superseded: bool = False) -> dict[str, Any]:
                 entries += len(keys)
                 for k, v in zip(keys, node.vals):  # type: ignore[arg-type]
                     if isinstance(v, Ovf):
+                        claim(v.pgno, f"overflow run of key {k[:40]!r}")
                         _, length = run_header(pager.page(v.pgno), v.pgno, PAGE_OVERFLOW)
                         n = run_pages(length, ps)
-                        for p in range(v.pgno, v.pgno + n):
-                            claim(p, f"overflow run of key {k[:40]!r}")
+                        # verify the run (its length field included) before claiming the
+                        # pages it spans: a damaged length must blame this run, not a page
+                        # it happens to reach
+                        if v.pgno + n > hwm:
+                            raise CorruptionError(
+                                f"page {v.pgno}: overflow run of {n} pages runs past the "
+                                f"high-water mark {hwm}"
+                            )
                         run_payload(pager.read(v.pgno * ps, n * ps), v.pgno, length)
+                        for p in range(v.pgno + 1, v.pgno + n):
+                            claim(p, f"overflow run of key {k[:40]!r}")
                         counts["overflow"] += n
             else:
                 counts["branch"] += 1

@@ -12,6 +12,7 @@ shows its options and examples; docs/cli.md is the full reference):
 ``dump``       write every item in the portable dump format (stdout or ``-o FILE``)
 ``load``       read a dump into a database, in one transaction (stdin or ``-i FILE``)
 ``check``      verify every page of the database
+``salvage``    copy every readable record of a damaged database into a new one
 ``checkpoint`` fold the write-ahead log into the tree
 ``compact``    rewrite the database densely, in place or ``--to NEWPATH``; prints the space saved
 ``pages``      page counts by type and the tree's shape per level (``--list``: every page)
@@ -120,6 +121,7 @@ from .meta import decode as decode_meta
 from .node import Node, Ovf, run_header, run_pages, run_payload
 from .node import decode as decode_node
 from .pager import Pager
+from .salvage import recover, salvage
 from .wal import list_wals
 
 T = TypeVar("T")
@@ -606,6 +608,32 @@ def _check(args: argparse.Namespace) -> int:
     with _open_ro(args.path) as db:
         counts = db.check()
     print(f"ok: {json.dumps(counts)}")
+    return 0
+
+
+def _salvage(args: argparse.Namespace) -> int:
+    if not os.path.exists(os.path.join(args.path, DATA_FILE)):
+        raise CommandError(f"{args.path}: no kvmap database here")
+    if args.dry_run:
+        report = recover(args.path).report
+        print(f"salvage {args.path} (dry run: nothing written)")
+        print(report.summary())
+        return 0
+    dest = args.newpath
+    if dest is None:
+        args.usage_error("the following arguments are required: NEWPATH (or --dry-run)")
+    if os.path.exists(os.path.join(dest, DATA_FILE)):
+        raise CommandError(f"{dest}: a database already exists there")
+    if os.path.abspath(dest) == os.path.abspath(args.path):
+        raise CommandError("NEWPATH must be another directory")
+    made_dir = not os.path.exists(dest)
+    try:
+        report = salvage(args.path, dest)
+    except BaseException:
+        _remove_new_db(dest, made_dir)
+        raise
+    print(f"salvaged {args.path} into {dest}")
+    print(report.summary())
     return 0
 
 
@@ -1113,6 +1141,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify the tree (checksums, key order, page accounting, entry count); "
         "prints ok and the page counts, or exits 1 with the first problem found.",
     )  # fmt: skip
+
+    p = command(
+        "salvage", _salvage, "copy every readable record of a damaged database into a new one",
+        "  kvmap salvage data/db data/db-salvaged\n  kvmap salvage data/db --dry-run",
+        description="For a database that check reports damaged: read its files directly "
+        "(holding the writer lock; the damaged database is never written) and copy every "
+        "record that verifies into a new database at NEWPATH, then print where the records "
+        "came from and which pages are damaged.  Records come from the tree of the newest "
+        "valid meta page, skipping damaged subtrees; inside the key ranges those covered, "
+        "from the other meta page's tree and any leaf page whose checksum verifies (such "
+        "records may be stale: an older value, or a key deleted since); then the valid "
+        "frames of the write-ahead log are replayed on top.  Exit status 0 once NEWPATH is "
+        "written, even if damage was found (see the report).",
+    )  # fmt: skip
+    p.add_argument("newpath", nargs="?", metavar="NEWPATH",
+                   help="the new database (a directory without a database in it)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true",
+                   help="only read DBPATH and print the report; write nothing")  # fmt: skip
+    p.set_defaults(usage_error=p.error)  # exit status 2, with the usage
 
     p = command(
         "checkpoint", _checkpoint, "fold the write-ahead log into the tree",

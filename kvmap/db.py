@@ -324,6 +324,7 @@ class Database:
         self._wal: WalWriter | None = None
         self._state: State | None = None
         self._failed: BaseException | None = None
+        self._dead_pager: Pager | None = None  # the pager of a handle a failure made unusable
         self._write_lock = threading.Lock()
         self._ckpt_lock = threading.RLock()
         self._publish_lock = threading.Lock()
@@ -344,13 +345,17 @@ class Database:
                 self._lock.claim()
                 self._hold()
                 _watch_follower(self)
-        except BaseException:
-            if self._state is not None:
-                self._state.pager.close()
-                self._state = None
+        except BaseException as exc:
+            self._close_pager()
             if self._wal is not None:
                 self._wal.close()
             self._release_files()
+            if isinstance(exc, OSError) and not isinstance(
+                exc, (FileNotFoundError, PermissionError, NotADirectoryError)
+            ):
+                # an I/O failure (not a missing or forbidden path): nothing was changed that
+                # a later open does not recover
+                raise FatalError(f"{self.path}: open failed: {exc}") from exc
             raise
         self._closed = False
         _OPEN_HANDLES.add(self)
@@ -527,6 +532,8 @@ class Database:
     def _fail(self, exc: BaseException, what: str) -> BaseException:
         """Make the handle unusable after a failed write; returns the error to raise."""
         self._failed = exc
+        if self._state is not None:
+            self._dead_pager = self._state.pager  # close() still unmaps it
         self._state = None
         if isinstance(exc, OSError):
             return FatalError(f"{self.path}: {what} failed: {exc}")
@@ -1084,6 +1091,11 @@ class Database:
                 self._oldest_txnid,
             )  # fmt: skip
         except BaseException as exc:
+            if old is not None:  # nothing else would close it: step 4 is not reached
+                try:
+                    old.close()
+                except OSError:
+                    pass
             raise self._fail(exc, "checkpoint") from exc
         failpoint("ckpt-after-meta")
         # 3. publish
@@ -1249,10 +1261,7 @@ class Database:
                 except BaseException as exc:
                     error = exc
             self._closed = True
-            state = self._state
-            self._state = None
-            if state is not None:
-                state.pager.close()
+            self._close_pager()
             if self._wal is not None:
                 try:
                     self._wal.close()
@@ -1265,6 +1274,14 @@ class Database:
                 self._write_lock.release()
         if error is not None:
             raise error
+
+    def _close_pager(self) -> None:
+        """Unmap the data file: the live State's pager, or the one a failure left."""
+        state, self._state = self._state, None
+        pager = state.pager if state is not None else self._dead_pager
+        self._dead_pager = None
+        if pager is not None:
+            pager.close()
 
     def _release_files(self) -> None:
         self._follow = False  # reads now fail on the state (closed), not on the mapping

@@ -78,8 +78,9 @@ class FatalError(Error):
     database, which recovers to a committed state.  Whether the transaction that hit it
     survives depends on where it failed: a failed log write loses it; if the log write
     reached the OS but its sync failed, the reopen may recover it (it was never reported
-    committed, so either outcome is consistent).  The first raise carries the ``OSError``
-    as ``__cause__``."""
+    committed, so either outcome is consistent).  ``kvmap.open`` raises it too when an I/O
+    error (not a missing or forbidden path) stops the open.  The first raise carries the
+    ``OSError`` as ``__cause__``."""
 
 
 class OrderError(Error, ValueError):

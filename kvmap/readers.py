@@ -31,6 +31,7 @@ import fcntl
 import os
 import secrets
 import struct
+import time
 from typing import NamedTuple
 
 from .errors import CorruptionError, ReadersFullError
@@ -86,6 +87,13 @@ def _range_is_locked(fd: int, start: int, length: int) -> bool:
     return bool(_FLOCK.unpack(got)[0] != fcntl.F_UNLCK)
 
 
+MAX_SLOTS = 65536  # the largest max_readers; a larger count in a header is damage
+
+
+def _valid_header(magic: bytes, version: int, nslots: int) -> bool:
+    return magic == LOCK_MAGIC and version == FORMAT_VERSION and 1 <= nslots <= MAX_SLOTS
+
+
 class LockFile:
     """One handle's view of the lock file: the header, its own slot, the writer lock."""
 
@@ -113,8 +121,10 @@ class LockFile:
                 fs.truncate(self.fd, LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * nslots)
                 size = LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * nslots
             magic, version, stored, *_ = LOCK_HEADER.unpack(head)
-            if magic != LOCK_MAGIC or version != FORMAT_VERSION:
-                raise CorruptionError(f"{path}: not a kvmap lock file")
+            if not _valid_header(magic, version, stored):
+                head = self._repair(nslots, readonly_fs)
+                magic, version, stored, *_ = LOCK_HEADER.unpack(head)
+                size = fs.size(self.fd)
             if size < LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * stored:
                 fs.truncate(self.fd, LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * stored)
                 size = LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * stored
@@ -123,6 +133,42 @@ class LockFile:
         except BaseException:
             fs.close(self.fd)
             raise
+
+    def _repair(self, nslots: int, readonly_fs: bool) -> bytes:
+        """Remake a lock file whose header is not kvmap's; returns the header.
+
+        Nothing is recovered from the lock file (docs/format.md), and a power loss may leave
+        anything in it: its writes are never synced, so the size can survive without the
+        header (ext4 ``data=writeback``).  It is remade only when provably unused: this
+        handle takes the writer ``flock`` (no writer) and no other open file description
+        holds a byte-range lock on it (no reader slot).  A live process with a damaged lock
+        file, or a read-only file system, raises :class:`CorruptionError`.  Two handles
+        repairing at once: the one that waits finds the header remade and uses it.
+        """
+        fs, fd = self.fs, self.fd
+        if readonly_fs:
+            raise CorruptionError(f"{self.path}: not a kvmap lock file (read-only file system)")
+        for _ in range(100):  # another handle may be repairing it right now
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.005)
+        else:
+            raise CorruptionError(f"{self.path}: not a kvmap lock file, and it is in use")
+        try:
+            head = fs.pread(fd, LOCK_HEADER.size, 0)
+            if len(head) == LOCK_HEADER.size and _valid_header(*LOCK_HEADER.unpack(head)[:3]):
+                return head  # the other handle remade it
+            if _range_is_locked(fd, 0, 0):
+                raise CorruptionError(f"{self.path}: not a kvmap lock file, and it is in use")
+            head = LOCK_HEADER.pack(LOCK_MAGIC, FORMAT_VERSION, nslots, 0, 0, 0, 0)
+            fs.truncate(fd, 0)  # every slot back to zeros
+            fs.pwrite(fd, head, 0)
+            fs.truncate(fd, LOCK_HEADER_SIZE + LOCK_SLOT_SIZE * nslots)
+            return head
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     # -- the writer lock -------------------------------------------------------------------
     def try_lock_writer(self) -> bool:

@@ -58,3 +58,11 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     seed = int(os.environ.get("KVMAP_SEED", random.randrange(2**32)))
     print(f"{request.node.nodeid}: KVMAP_SEED={seed}")
     return random.Random(seed)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak N``: N rounds of every workload of tests/test_crashsim.py (fresh seeds)."""
+    parser.addoption(
+        "--soak", type=int, default=0, metavar="N",
+        help="crash simulator soak: N rounds of every workload (also KVMAP_CRASH_SOAK=N)",
+    )  # fmt: skip

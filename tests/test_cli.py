@@ -723,7 +723,7 @@ def test_bench_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
 
 
 COMMANDS = ["stat", "get", "put", "delete", "scan", "dump", "load", "check", "checkpoint",
-            "compact", "pages", "page", "bench", "demo"]  # fmt: skip
+            "compact", "pages", "page", "bench", "demo", "readers", "salvage"]  # fmt: skip
 
 
 def test_every_command_has_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:
