@@ -4,8 +4,9 @@
 
 For each size, each engine bulk-loads the keys (16 random bytes, 100-byte values) and
 closes; then a new process opens the database (kvmap ``readonly=True`` with the default
-64 MiB page cache; lmdb ``readonly=True``), does one warm-up pass of ``--gets`` random
-gets of present keys, then a timed pass of the same number, and reports gets/s and its peak
+64 MiB page cache, or ``--cache-size``; lmdb ``readonly=True``), does one warm-up pass of
+``--gets`` random gets of present keys, then a timed pass of the same number, and reports
+gets/s and its peak
 resident set size (``VmHWM``).  Printed: a table per engine and size, the 1M/100k
 throughput ratio (issue 5 asks kvmap for >= 0.7) and the reader's peak RSS (< 200 MiB).
 
@@ -56,12 +57,12 @@ def load(engine: str, path: str, keys: list[bytes]) -> float:
     return time.perf_counter() - t
 
 
-def _reader(engine: str, path: str, probe: list[bytes], out: Any) -> None:
+def _reader(engine: str, path: str, probe: list[bytes], out: Any, cache_size: int) -> None:
     """In a fresh process: warm pass, timed pass; sends (gets/s, peak RSS bytes)."""
     if engine == "kvmap":
         import kvmap
 
-        db = kvmap.open(path, readonly=True)
+        db = kvmap.open(path, readonly=True, cache_size=cache_size)
         snap = db.begin()
         get = snap.get
     else:
@@ -96,11 +97,11 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def read(engine: str, path: str, probe: list[bytes]) -> tuple[float, int]:
+def read(engine: str, path: str, probe: list[bytes], cache_size: int) -> tuple[float, int]:
     """(gets/s, peak RSS in bytes) of a fresh reader process."""
     ctx = mp.get_context("spawn")
     a, b = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_reader, args=(engine, path, probe, b))
+    p = ctx.Process(target=_reader, args=(engine, path, probe, b, cache_size))
     p.start()
     b.close()
     result = a.recv()
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gets", type=int, default=300_000)
     ap.add_argument("--engines", nargs="+", default=["kvmap", "lmdb"])
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--cache-size", type=int, default=64, metavar="MIB",
+        help="kvmap's cache_size for the reader, in MiB (default 64, kvmap's default)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="kvmap-scale-")
     rows: dict[tuple[str, int], tuple[float, float, int]] = {}
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             for engine in args.engines:
                 path = os.path.join(work, f"{engine}-{n}")
                 secs = load(engine, path, keys)
-                rate, rss = read(engine, path, probe)
+                rate, rss = read(engine, path, probe, args.cache_size << 20)
                 rows[engine, n] = (secs, rate, rss)
                 shutil.rmtree(path)
                 print(
