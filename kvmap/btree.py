@@ -93,6 +93,8 @@ def _leaf_bounds(keys: list[bytes], vals: list[Value], usable: int, target: int)
             i = n
         if cum[i] - base > usable:  # cell i-1 overflows the page: it starts the next one
             i -= 1
+            if i == a:  # a cell larger than a page: nothing can hold it (never loop)
+                raise CorruptionError(f"a leaf cell of {cum[a + 1] - base} bytes > {usable}")
         bounds.append(i)
         a = i
     return bounds

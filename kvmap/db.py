@@ -272,10 +272,7 @@ def _check_options(
         raise TypeError(f"page_size must be int, not {type(page_size).__name__}")
     if not valid_page_size(page_size):
         raise ValueError(f"page_size must be a power of two in [512, 65536], not {page_size}")
-    if not isinstance(sync, str):
-        raise TypeError(f"sync must be str, not {type(sync).__name__}")
-    if sync not in SYNC_MODES:
-        raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+    _check_sync(sync)
     if not isinstance(cache_size, int) or isinstance(cache_size, bool):
         raise TypeError(f"cache_size must be int, not {type(cache_size).__name__}")
     if cache_size < 0:
@@ -286,6 +283,15 @@ def _check_options(
         raise ValueError(f"checkpoint_size must be >= 0, not {checkpoint_size}")
     if not isinstance(lock_timeout, (int, float)) or isinstance(lock_timeout, bool):
         raise TypeError(f"lock_timeout must be a number, not {type(lock_timeout).__name__}")
+    if lock_timeout != lock_timeout:  # NaN: a wait that could never time out
+        raise ValueError("lock_timeout must be a number of seconds, not nan")
+
+
+def _check_sync(sync: object) -> None:
+    if not isinstance(sync, str):
+        raise TypeError(f"sync must be str, not {type(sync).__name__}")
+    if sync not in SYNC_MODES:
+        raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
 
 
 class Database:
@@ -364,6 +370,8 @@ class Database:
     def _open(self, create: bool, page_size: int, cache_size: int, max_readers: int) -> None:
         fs = self._fs
         data = os.path.join(self.path, DATA_FILE)
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise NotADirectoryError(errno.ENOTDIR, "a kvmap database is a directory", self.path)
         if not os.path.exists(data):
             if self.readonly or not create:
                 raise FileNotFoundError(errno.ENOENT, "no kvmap database here", self.path)
@@ -740,6 +748,8 @@ class Database:
         :class:`~kvmap.NestedWriteError` if this thread already holds the write
         transaction, :class:`~kvmap.DatabaseClosedError` after ``close()``.
         """
+        if sync is not None:
+            _check_sync(sync)
         if not write:
             state, token = self._register()
             return Snapshot(self, state, token)
@@ -748,8 +758,6 @@ class Database:
             raise ReadOnlyError(f"{self.path} is open readonly")
         if sync is None:
             sync = self.sync_mode
-        elif sync not in SYNC_MODES:
-            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         if self._writer == get_ident():
             raise NestedWriteError("this thread already holds the write transaction")
         self._write_lock.acquire()
@@ -1350,8 +1358,10 @@ def _replay(
     from offset ``base`` on.  Returns (last seq, entries, the file offset after the last
     valid frame)."""
     end = offset
-    for fseq, ops, fend in scan_frames(buf, offset - base, salt, wstart
-                                       if offset == WAL_HEADER_SIZE else seq):  # fmt: skip
+    first = wstart if offset == WAL_HEADER_SIZE else seq
+    for fseq, ops, fend in scan_frames(
+        buf, offset - base, salt, first, max_key_size(state.meta.page_size)
+    ):
         end = fend + base
         if fseq <= seq:
             continue

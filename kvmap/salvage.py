@@ -72,6 +72,7 @@ from .format import (
     PAGE_LEAF,
     PAGE_OVERFLOW,
     WAL_HEADER_SIZE,
+    max_key_size,
 )
 from .meta import Meta, peek_page_size
 from .meta import decode as decode_meta
@@ -530,7 +531,8 @@ def _fill(
 
 
 def _read_frames(path: str, report: SalvageReport) -> dict[int, list[Op]]:
-    """The valid frames of every WAL file in ``path``, by commit sequence."""
+    """The valid frames of every WAL file in ``path``, by commit sequence (a frame with a
+    key too long for the database's pages counts as invalid, as in recovery)."""
     frames: dict[int, list[Op]] = {}
     fs = fileio.fs()
     for _, wal in list_wals(path):
@@ -547,7 +549,8 @@ def _read_frames(path: str, report: SalvageReport) -> dict[int, list[Op]]:
                 report.wal_problems.append(f"{exc}: its frames are skipped")
             continue
         end = WAL_HEADER_SIZE
-        for seq, ops, fend in scan_frames(buf, WAL_HEADER_SIZE, salt, start):
+        max_key = max_key_size(report.page_size) if report.page_size else 0xFFFF
+        for seq, ops, fend in scan_frames(buf, WAL_HEADER_SIZE, salt, start, max_key):
             frames.setdefault(seq, ops)
             end = fend
         if end < len(buf):

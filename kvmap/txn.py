@@ -238,7 +238,10 @@ class Snapshot:
         ``prefix``, ascending (descending if ``reverse``).  Lazy: O(log n) to start, then
         O(1) per item.  Raises ``TypeError`` for a bound that is not bytes or None."""
         value = self._value
+        db = self._db
         for k, v in self._range(start, stop, prefix, reverse):
+            if self._done or db._closed:  # pages may be reused once it is closed
+                self._live()
             yield k, value(v)
 
     def keys(
@@ -246,7 +249,10 @@ class Snapshot:
         prefix: bytes | None = None, reverse: bool = False,
     ) -> Iterator[bytes]:  # fmt: skip
         """Like :meth:`items`, keys only (overflow values are not read)."""
+        db = self._db
         for k, _ in self._range(start, stop, prefix, reverse):
+            if self._done or db._closed:
+                self._live()
             yield k
 
     def values(
@@ -255,7 +261,10 @@ class Snapshot:
     ) -> Iterator[bytes]:  # fmt: skip
         """Like :meth:`items`, values only."""
         value = self._value
+        db = self._db
         for _, v in self._range(start, stop, prefix, reverse):
+            if self._done or db._closed:
+                self._live()
             yield value(v)
 
     def __iter__(self) -> Iterator[bytes]:

@@ -150,12 +150,13 @@ def encode_put_frame(salt: int, seq: int, key: bytes, value: bytes) -> bytes:
 
 
 def scan_frames(
-    buf: bytes | memoryview, offset: int, salt: int, last_seq: int
+    buf: bytes | memoryview, offset: int, salt: int, last_seq: int, max_key: int = 0xFFFF
 ) -> Iterator[tuple[int, list[Op], int]]:
     """Yield (seq, ops, end offset) for each valid frame in ``buf`` from ``offset``, whose
     sequence numbers continue from ``last_seq``; stop silently at the first frame that is
-    truncated, has another salt, a wrong checksum, a sequence gap or malformed operations
-    (invariant 5).  Never raises for bad bytes."""
+    truncated, has another salt, a wrong checksum, a sequence gap or malformed operations,
+    a key longer than ``max_key`` included (no commit can hold one: it would not fit the
+    tree's pages) (invariant 5).  Never raises for bad bytes."""
     n = len(buf)
     view = memoryview(buf)
     while offset + _HEAD_SIZE + 4 <= n:
@@ -174,7 +175,11 @@ def scan_frames(
                 return
             kind, klen, vlen = _OP.unpack_from(buf, pos)
             pos += _OP_SIZE
-            if pos + klen + vlen > stop or kind not in (WAL_OP_PUT, WAL_OP_DELETE):
+            if (
+                pos + klen + vlen > stop
+                or kind not in (WAL_OP_PUT, WAL_OP_DELETE)
+                or klen > max_key
+            ):
                 return
             key = bytes(view[pos : pos + klen])
             pos += klen

@@ -719,8 +719,8 @@ def test_failing_each_operation_of_create(tmp_path: Any) -> None:
         with fileio.installed(rec):
             try:
                 kvmap.open(path, page_size=PS).close()
-            except OSError:
-                pass
+            except kvmap.FatalError as exc:  # an I/O failure in open or close
+                assert isinstance(exc.__cause__, OSError), exc
         # never a half-made database: either no data file, or a valid empty one
         with kvmap.open(path, page_size=PS) as db:
             assert len(db) == 0
