@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,11 @@ def test_demo_default_path_is_temporary() -> None:
     assert first.startswith("kvmap demo: database at ")
     path = first.removeprefix("kvmap demo: database at ")
     assert os.path.isdir(path)
-    with kvmap.open(path, readonly=True) as db:
-        assert len(db) == 49
+    try:
+        with kvmap.open(path, readonly=True) as db:
+            assert len(db) == 49
+    finally:
+        shutil.rmtree(os.path.dirname(path))  # the demo's temporary directory
 
 
 def test_stat(demo: tuple[str, subprocess.CompletedProcess[str]]) -> None:
