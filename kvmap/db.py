@@ -137,6 +137,17 @@ def _disown_after_fork() -> None:
 
 os.register_at_fork(after_in_child=_disown_after_fork)
 
+
+def _reset_refresher_after_fork() -> None:
+    """The child has no refresher thread, and the parent's may have held its lock at the
+    fork: start afresh (the first follower opened in the child starts a thread)."""
+    global _refresher_lock, _FOLLOWERS
+    _refresher_lock = threading.Lock()
+    _FOLLOWERS = weakref.WeakSet()
+
+
+os.register_at_fork(after_in_child=_reset_refresher_after_fork)
+
 # Design note: idle followers.  A readonly handle's reader slot names the oldest tree its
 # reads may walk, and it moves on only when the handle reads: a web worker idle for an hour
 # would pin the tree of its last request, and the writer could reuse no page freed since.
@@ -165,7 +176,9 @@ def _watch_follower(handle: Database) -> None:
 def _refresh_followers() -> None:
     while True:
         time.sleep(_REFRESH_INTERVAL)
-        for handle in list(_FOLLOWERS):
+        with _refresher_lock:  # (a WeakSet changed while it is copied raises)
+            handles = list(_FOLLOWERS)
+        for handle in handles:
             try:
                 handle._refresh_hold()
             except Exception:  # closed or failing: its next call reports it
@@ -1293,7 +1306,8 @@ class Database:
 
     def _release_files(self) -> None:
         self._follow = False  # reads now fail on the state (closed), not on the mapping
-        _FOLLOWERS.discard(self)
+        with _refresher_lock:
+            _FOLLOWERS.discard(self)
         self._lockmap = None
         fd, self._fd = self._fd, -1
         if fd >= 0:

@@ -1460,3 +1460,23 @@ def test_an_idle_follower_does_not_pin_old_trees(
     print(f"pages grown over {rounds} checkpoints: idle follower {idle}, snapshot held {pinned}")
     assert pinned > 10 * rounds  # the model: a held snapshot pins every replaced page
     assert idle < pinned // 4
+
+
+def test_fork_while_the_follower_refresher_holds_its_lock(db_path: str) -> None:
+    """If fork() happens while the refresher thread holds its lock, the child's copy of
+    the lock would stay held forever: a readonly open in the child must not hang."""
+    import kvmap.db as kdb
+
+    with kvmap.open(db_path) as db:
+        db.put(b"k", b"v")
+        with kdb._refresher_lock:  # as if the refresher thread were copying its set
+            pid = os.fork()
+            if pid == 0:  # the child: open a follower (which registers with the refresher)
+                signal.alarm(10)
+                try:
+                    with kvmap.open(db_path, readonly=True) as r:
+                        os._exit(0 if r.get(b"k") == b"v" else 1)
+                except BaseException:
+                    os._exit(2)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
