@@ -3,37 +3,10 @@
     python fuzz/fuzz_meta.py -max_total_time=3600 fuzz/corpus/meta
 
 The input layout and the checks are in fuzz/targets.py (``meta_one_input``); see
-fuzz/README.md.  Known kvmap bugs are tolerated so the fuzzer explores past them, unless
-KVMAP_FUZZ_STRICT=1.
+fuzz/README.md and fuzz/atheris_main.py.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-import atheris
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-with atheris.instrument_imports(include=["kvmap", "targets"]):
-    import targets
-
-TARGET = "meta"
-STRICT = os.environ.get("KVMAP_FUZZ_STRICT") == "1"
-
-
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris' documented name
-    if STRICT:
-        targets.ONE_INPUT[TARGET](data)
-    else:
-        targets.run(TARGET, data)
-
-
-def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
+from atheris_main import fuzz
 
 if __name__ == "__main__":
-    main()
+    fuzz("meta")
