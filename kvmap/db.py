@@ -252,8 +252,12 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
 
     Raises ``TypeError``/``ValueError`` for bad arguments, ``FileNotFoundError`` when the
     database does not exist and ``create`` is false or ``readonly`` is true,
-    :class:`~kvmap.DatabaseLockedError` when another handle writes it, and
-    :class:`~kvmap.CorruptionError` when no valid meta page is found.
+    ``NotADirectoryError`` when ``path`` is a file, :class:`~kvmap.DatabaseLockedError` when
+    another handle writes it, :class:`~kvmap.ReadersFullError` when a ``readonly`` open finds
+    every reader slot taken, :class:`~kvmap.CorruptionError` when no valid meta page is found
+    (or the WAL does not reach back to the tree), and :class:`~kvmap.FatalError` when an I/O
+    error stops the open.  A readonly handle starts a daemon thread (one per process) that
+    catches idle readonly handles up, so that they do not keep old pages from reuse.
 
     >>> import tempfile, kvmap
     >>> with kvmap.open(tempfile.mkdtemp() + "/db") as db:
