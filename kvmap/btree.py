@@ -81,6 +81,15 @@ def _leaf_bounds(keys: list[bytes], vals: list[Value], usable: int, target: int)
     [0, 2, 3]
     """
     n = len(keys)
+    klens = set(map(len, keys))
+    if len(klens) == 1:
+        vlens = set(map(len, vals))
+        if len(vlens) == 1:  # cells of one size s (fixed-size records): k cells per page
+            size = LEAF_CELL_OVERHEAD + klens.pop() + vlens.pop()
+            per = min(-(-target // size), usable // size)  # reach the target, never pass usable
+            if per < 1:
+                raise CorruptionError(f"a leaf cell of {size} bytes > {usable}")
+            return [*range(0, n, per), n]
     # cum[i] = bytes of cells [0, i); an Ovf's len() is that of its stored reference
     sizes = map(add, map(add, map(len, keys), map(len, vals)), repeat(LEAF_CELL_OVERHEAD, n))
     cum = list(accumulate(sizes, initial=0))
@@ -262,7 +271,10 @@ class TreeWriter:
             seg = ops[j:end]
             new_keys = list(map(itemgetter(0), seg))
             new_vals = list(map(itemgetter(1), seg))
-            if None in new_vals or max(map(add, map(len, new_keys), map(len, new_vals))) > room:
+            if None in new_vals or (
+                max(map(len, new_keys)) + max(map(len, new_vals)) > room  # cheap bound first
+                and max(map(add, map(len, new_keys), map(len, new_vals))) > room
+            ):
                 # deletes to skip or values to move to overflow runs: one item at a time
                 store = self.store_value
                 new_keys = [k for k, v in seg if v is not None]

@@ -613,7 +613,15 @@ def _leaf_bounds_by_cell(sizes: list[int], usable: int, target: int) -> list[int
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.tuples(st.integers(1, 40), st.integers(0, 200)), min_size=1, max_size=200),
+    st.one_of(
+        st.lists(st.tuples(st.integers(1, 40), st.integers(0, 200)), min_size=1, max_size=200),
+        # one cell size throughout: the fixed-size fast path
+        st.builds(
+            lambda cell, n: [cell] * n,
+            st.tuples(st.integers(1, 40), st.integers(0, 200)),
+            st.integers(1, 200),
+        ),
+    ),  # fmt: skip
     st.integers(0, 400),
     st.booleans(),
 )
