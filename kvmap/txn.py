@@ -16,7 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from operator import itemgetter, lt
+from operator import lt
 from typing import TYPE_CHECKING, Any
 
 from .btree import MISSING, lookup, read_overflow
@@ -80,24 +80,16 @@ def get_value(state: State, key: bytes, default: Any) -> Any:
     return default
 
 
-_KEY = itemgetter(0)
-_VALUE = itemgetter(1)
-
-
 def _append_fast(
-    items: list[Any], last: bytes | None, max_key: int, akeys: list[bytes], avals: list[bytes]
-) -> bool:
-    """``put_many(append=True)``'s common case in whole-list passes that run in C (pairs,
-    types, sizes, order): ~0.2 µs per item instead of ~0.6 µs for the per-item loop.
-    Appends and returns True when every item passes; otherwise touches nothing and returns
-    False, and the per-item loop runs to raise the right error at the right item."""
-    try:
-        if not items or set(map(len, items)) != {2}:
-            return False
-    except TypeError:  # an item without a length: the loop names it
-        return False
-    keys = list(map(_KEY, items))
-    vals = list(map(_VALUE, items))
+    keys: list[Any], vals: list[Any], last: bytes | None, max_key: int,
+    akeys: list[bytes], avals: list[bytes],
+) -> bool:  # fmt: skip
+    """``put_many(append=True)``'s common case in whole-list passes that run in C (types,
+    sizes, order): ~0.1 µs per item instead of ~0.6 µs for the per-item loop.  Appends and
+    returns True when every item passes; otherwise touches nothing and returns False, and
+    the per-item loop runs to raise the right error at the right item."""
+    if not keys:
+        return True
     if set(map(type, keys)) != {bytes} or set(map(type, vals)) != {bytes}:
         return False
     if max(map(len, keys)) > max_key or max(map(len, vals)) > MAX_VALUE_SIZE:
@@ -442,10 +434,31 @@ class WriteTxn(Snapshot):
         self._len = None
         max_key = self._max_key
         if not writes:
-            items = list(items)
-            if _append_fast(items, last, max_key, akeys, avals):
+            # Split the pairs as they come (no list of item tuples kept alive: the GC would
+            # scan it), then check the two lists in C.  A bad item, or a check that fails,
+            # hands the pairs to the per-item loop, which keeps every item before the bad
+            # one and raises its error, as it always did.
+            keys: list[bytes] = []
+            vals: list[bytes] = []
+            add_k, add_v = keys.append, vals.append
+            try:
+                for key, value in items:  # mutable buffers are copied now, as put() does
+                    add_k(key if key.__class__ is bytes else as_key(key))
+                    add_v(value if value.__class__ is bytes else as_value(value))
+            except BaseException:
+                self._append_each(zip(keys, vals), last, max_key)
+                raise
+            if _append_fast(keys, vals, last, max_key, akeys, avals):
                 return
-        add_key, add_val = akeys.append, avals.append
+            items = zip(keys, vals)
+        self._append_each(items, last, max_key)
+
+    def _append_each(
+        self, items: Iterable[tuple[bytes, bytes]], last: bytes | None, max_key: int
+    ) -> None:
+        """``put_many(append=True)``, one item at a time (after ``last``)."""
+        writes = self._writes
+        add_key, add_val = self._akeys.append, self._avals.append
         for key, value in items:  # a bulk-load loop: checks inlined, bound methods
             k = key if key.__class__ is bytes else as_key(key)
             v = value if value.__class__ is bytes else as_value(value)
