@@ -16,8 +16,23 @@ from .errors import CorruptionError
 from .format import PAGE_FREELIST, PAGE_OVERFLOW, PAGE_TYPE_NAMES
 from .freelist import Freelist
 from .meta import Meta
+from .meta import decode as decode_meta
 from .node import Ovf, decode, run_header, run_pages, run_payload
 from .pager import Pager
+
+
+def other_meta_problem(pager: Pager, meta: Meta) -> str | None:
+    """Why the meta page not in use (the one ``meta`` did not come from) does not verify,
+    or None when it does.  Not an error: a crash while a checkpoint writes its meta page
+    leaves exactly this (the open falls back to the other page, and the next checkpoint
+    rewrites it), so :func:`check` cannot call it damage; ``stats()`` and ``kvmap check``
+    report it.  Cost: one page read and decode."""
+    other = 1 - meta.txnid % 2
+    try:
+        decode_meta(pager.page(other), other)
+    except CorruptionError as exc:
+        return f"{exc} (meta page {meta.txnid % 2}, txn {meta.txnid}, is in use)"
+    return None
 
 
 def read_freelist(pager: Pager, meta: Meta) -> tuple[Freelist, int]:

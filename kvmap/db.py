@@ -43,7 +43,7 @@ from typing import Any
 from . import fileio
 from .btree import MISSING, Builder
 from .check import check as check_tree
-from .check import read_freelist
+from .check import other_meta_problem, read_freelist
 from .checkpoint import fold
 from .errors import (
     CorruptionError,
@@ -1169,7 +1169,9 @@ class Database:
 
     def stats(self) -> dict[str, Any]:
         """Entries, depth, pages by type, file and WAL sizes, free pages and more, as a
-        dict.  Cost: reads every page once (like :meth:`check`)."""
+        dict; ``other_meta_problem`` says why the meta page not in use does not verify (a
+        crash during a checkpoint leaves that; the next checkpoint rewrites it), or is
+        None.  Cost: reads every page once (like :meth:`check`)."""
         state, counts = self._checked_tree()
         meta = state.meta
         wal = self._wal
@@ -1188,6 +1190,7 @@ class Database:
             "txnid": meta.txnid,
             "segments": state.pager.segments.count,
             "cached_pages": len(state.pager.cache),
+            "other_meta_problem": other_meta_problem(state.pager, meta),
         }
 
     def compact(self) -> int:
