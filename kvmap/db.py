@@ -794,60 +794,43 @@ class Database:
         self._write_lock.release()
 
     def _commit(self, ops: list[Op], sync: str) -> int:
-        """Commit ``ops`` (sorted, unique keys; the write lock is held): one WAL frame, then
-        the memtable, then a new State.  Returns the commit sequence.  Any failure leaves
-        the handle unusable, as memory may no longer match the files."""
-        getters = self._getters
-        ident = get_ident()
-        base = self._state
-        while True:  # register like a reader: a checkpoint may fold the tree meanwhile
-            if base is None:
-                self._raise_unusable()
-            getters[ident] = base
-            if self._state is base:
-                break
-            base = self._state
-        try:
-            delta = 0
-            for k, v in ops:  # keep len() exact: did each key exist before?
-                delta += (v is not None) - (read_state(base, k) is not MISSING)  # type: ignore[arg-type]
-        finally:
-            getters[ident] = None
+        """Commit ``ops`` (sorted, unique keys; the write lock is held).  Returns the commit
+        sequence.  Any failure leaves the handle unusable, as memory may no longer match the
+        files.  The steps, in order, all under the publish lock (which keeps the State
+        current while its tree is read: a checkpoint cannot publish meanwhile, and the pages
+        its fold reuses were free before it began, so none of this tree's):
+
+        1. existence of each key in the current State, so that ``len()`` stays exact;
+        2. one WAL frame reaches the OS (or the buffer under ``sync="off"``);
+        3. the memtable, keeping replaced versions while an older reader may need them;
+        4. a new State, published in this process and in the lock file.
+        """
         with self._publish_lock:
             state = self._live()
             seq = state.seq + 1
             wal = self._wal
             assert wal is not None
+            # 1. existence
+            delta = 0
+            for k, v in ops:
+                delta += (v is not None) - (read_state(state, k) is not MISSING)
+            # 2. the frame (one put, the commonest commit, packs with one struct call)
+            if len(ops) == 1 and (put := ops[0])[1] is not None:
+                frame = encode_put_frame(wal.salt, seq, put[0], put[1])
+            else:
+                frame = encode_frame(wal.salt, seq, ops)
             try:
-                wal.append(encode_frame(wal.salt, seq, ops), sync)
+                wal.append(frame, sync)
             except BaseException as exc:
                 raise self._fail(exc, "WAL write") from exc
-            # An older reader may still need the versions this commit replaces: every
-            # registered snapshot and in-flight read is older than this commit.
-            keep_old = self._has_readers()
-            state.mems[0].apply(seq, ops, keep_old)
+            # 3. every registered snapshot and in-flight read is older than this commit
+            state.mems[0].apply(seq, ops, self._has_readers())
+            # 4. publish
             self._state = state.advance(seq, state.entries + delta)
             if not wal.buffer:  # every frame up to this one reached the OS
                 self._written_seq = seq
                 self._announce()
         return seq
-
-    def _autocommit(self, op: Op) -> None:
-        """Commit one operation without a transaction object (``put``/``delete``)."""
-        if self._writer == get_ident():
-            raise NestedWriteError("this thread already holds the write transaction")
-        self._live()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path} is open readonly")
-        with self._write_lock:
-            self._writer = get_ident()
-            try:
-                seq = self._commit([op], self.sync_mode)
-            finally:
-                self._writer = None
-        if self.sync_mode == "full":
-            self._sync_wal(seq)
-        self._maybe_checkpoint()
 
     def _sync_wal(self, seq: int) -> None:
         """Return once commit ``seq`` is durable.  Group commit: whoever holds the sync lock
@@ -944,42 +927,15 @@ class Database:
         if self._state is None or self.readonly:
             self._live()
             raise ReadOnlyError(f"{self.path} is open readonly")
-        # _commit() for one put, inlined (the hottest write path): the same steps in the
-        # same order, without building a list of ops.
-        with self._write_lock:
+        with self._write_lock:  # a write transaction of one put, without the object
             self._writer = ident
             try:
-                with self._publish_lock:
-                    # The publish lock keeps this State current while its tree is read:
-                    # a checkpoint cannot publish, and the pages its fold reuses were
-                    # free before it began, so none of this tree's.
-                    state = self._live()
-                    seq = state.seq + 1
-                    wal = self._wal
-                    assert wal is not None
-                    # 1. existence, so that len() stays exact
-                    delta = read_state(state, key) is MISSING
-                    # 2. the WAL frame reaches the OS (or the buffer under sync="off")
-                    try:
-                        wal.append(encode_put_frame(wal.salt, seq, key, value), self.sync_mode)
-                    except BaseException as exc:
-                        raise self._fail(exc, "WAL write") from exc
-                    # 3. the memtable; older readers may need the version it replaces
-                    state.mems[0].apply(
-                        seq, [(key, value)],
-                        bool(self._snapshots) or any(list(self._getters.values())),
-                    )  # fmt: skip
-                    # 4. publish the new State, in this process and the lock file
-                    self._state = state.advance(seq, state.entries + delta)
-                    if not wal.buffer:
-                        self._written_seq = seq
-                        self._announce()
+                seq = self._commit([(key, value)], self.sync_mode)
             finally:
                 self._writer = None
         if self.sync_mode == "full":
             self._sync_wal(seq)
-        if wal.offset + len(wal.buffer) - WAL_HEADER_SIZE > self.checkpoint_size:
-            self._maybe_checkpoint()
+        self._maybe_checkpoint()
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.put(key, value)

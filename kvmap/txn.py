@@ -19,7 +19,7 @@ from itertools import islice
 from operator import lt
 from typing import TYPE_CHECKING, Any
 
-from .btree import MISSING, lookup, read_overflow
+from .btree import MISSING, read_overflow
 from .cursor import bounds, merge, scan
 from .errors import (
     KeyTooLargeError,
@@ -36,24 +36,17 @@ if TYPE_CHECKING:
 
 
 def read_state(state: State, key: bytes) -> Any:
-    """The stored value of ``key`` as of ``state`` (``bytes`` or an ``Ovf`` reference), or
-    :data:`MISSING`.  Memtables first (newest first), then the tree."""
-    seq = state.seq
-    for mem in state.mems:
-        e = mem.data.get(key)
-        while e is not None:
-            if e[0] <= seq:
-                v = e[1]
-                return MISSING if v is None else v
-            e = e[2]
-    return lookup(state.pager, state.root, key)
+    """The stored value of ``key`` as of ``state`` (``bytes`` or an ``Ovf`` reference, not
+    followed), or :data:`MISSING`.  Memtables first (newest first), then the tree."""
+    return get_value(state, key, MISSING, False)
 
 
-def get_value(state: State, key: bytes, default: Any) -> Any:
-    """The value of ``key`` (bytes) as of ``state``, or ``default``: :func:`read_state`,
-    ``btree.lookup`` and the overflow read inlined, for the two hottest paths of all
-    (``Database.get`` and ``Snapshot.get``).  Cost: a dict probe per memtable, one cached
-    node and one ``bisect`` per tree level."""
+def get_value(state: State, key: bytes, default: Any, follow: bool = True) -> Any:
+    """The value of ``key`` (bytes) as of ``state``, or ``default``; an overflow value is
+    read unless ``follow`` is false (then its ``Ovf`` reference is returned).  The memtable
+    probe, ``btree.lookup`` and the overflow read inlined: this is the lookup of the two
+    hottest paths of all (``Database.get`` and ``Snapshot.get``).  Cost: a dict probe per
+    memtable, one cached node and one ``bisect`` per tree level."""
     seq = state.seq
     for mem in state.mems:
         e = mem.data.get(key)
@@ -74,7 +67,7 @@ def get_value(state: State, key: bytes, default: Any) -> Any:
     i = bisect_left(keys, key)
     if i != len(keys) and keys[i] == key:
         v = node.vals[i]
-        if v.__class__ is Ovf:
+        if v.__class__ is Ovf and follow:
             return read_overflow(state.pager, v)
         return v
     return default
@@ -357,15 +350,6 @@ class WriteTxn(Snapshot):
             self._db._end_write(self._token)
 
     # -- writes --------------------------------------------------------------------------
-    def _checked(self, key: object, value: object) -> tuple[bytes, bytes]:
-        k = as_key(key)
-        v = as_value(value)
-        if len(k) > self._max_key:
-            raise KeyTooLargeError(f"key of {len(k)} bytes exceeds max_key_size={self._max_key}")
-        if len(v) > MAX_VALUE_SIZE:
-            raise ValueTooLargeError(f"value of {len(v)} bytes exceeds {MAX_VALUE_SIZE}")
-        return k, v
-
     def put(self, key: bytes, value: bytes) -> None:
         """Store ``value`` under ``key`` (replacing any old value).  Cost: a sorted-dict
         insert (~1 µs); files are touched at commit.  Raises ``TypeError``,

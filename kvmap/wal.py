@@ -275,12 +275,11 @@ class WalWriter:
             self.fs.close(fd)
 
 
-def read_wal(fs: FileSystem, path: str, start: int = 0) -> bytes:
-    """The WAL file's bytes from offset ``start`` to its end (the whole file by default).
-    Raises ``OSError``."""
+def read_wal(fs: FileSystem, path: str) -> bytes:
+    """The whole WAL file.  Raises ``OSError``."""
     fd = fs.open(path, os.O_RDONLY)
     try:
-        return _read_from(fs, fd, start)
+        return _read_from(fs, fd, 0)
     finally:
         fs.close(fd)
 
