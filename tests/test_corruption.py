@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model import applied, commit_ops
 
 import kvmap
 from kvmap import cli
@@ -98,25 +99,6 @@ class Template:
     run_of: dict[int, int] = field(default_factory=dict)  # run page -> the run's first page
 
 
-def _commit(db: kvmap.Database, ops: list[tuple[bytes, bytes | None]]) -> None:
-    with db.begin(write=True) as txn:
-        for k, v in ops:
-            if v is None:
-                txn.delete(k)
-            else:
-                txn.put(k, v)
-
-
-def _apply(state: dict[bytes, bytes], ops: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
-    out = dict(state)
-    for k, v in ops:
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
-
-
 def build(root: Path, nkeys: int, nbig: int, seed: int = 7) -> Template:
     """A template with ``nkeys`` small keys and ``nbig`` values in overflow runs."""
     rng = random.Random(seed)
@@ -127,14 +109,14 @@ def build(root: Path, nkeys: int, nbig: int, seed: int = 7) -> Template:
     with kvmap.open(live, page_size=PS, checkpoint_size=0) as db:
         db.put_many((b"key%05d" % i, b"v%d" % i * rng.randrange(1, 12)) for i in range(nkeys))
         db.put_many((b"big%d" % i, bytes([65 + i]) * (1500 + 700 * i)) for i in range(nbig))
-        _commit(db, [(b"key%05d" % i, None) for i in range(0, nkeys, 4)])
+        commit_ops(db, [(b"key%05d" % i, None) for i in range(0, nkeys, 4)])
         db.put(b"key00001", b"updated")
         ever.update(db.keys())
     ever.update(b"key%05d" % i for i in range(nkeys))
     db = kvmap.open(live, page_size=PS, sync="full", checkpoint_size=1 << 30)
     try:
         for n in range(3):  # commits the stale WAL holds (and the checkpoint folds)
-            _commit(db, [(b"stale%d" % n, b"s" * (n + 1)), (b"key%05d" % (4 * n + 1), None)])
+            commit_ops(db, [(b"stale%d" % n, b"s" * (n + 1)), (b"key%05d" % (4 * n + 1), None)])
         [(_, stale_path)] = list_wals(live)
         stale = Path(stale_path).read_bytes()
         db.checkpoint()
@@ -149,8 +131,8 @@ def build(root: Path, nkeys: int, nbig: int, seed: int = 7) -> Template:
                 ops.append((b"walbig", b"B" * 900))  # bigger than a page: stored whole
             if n == 6:
                 ops.append((b"wal00", None))
-            _commit(db, ops)
-            states.append(_apply(states[-1], ops))
+            commit_ops(db, ops)
+            states.append(applied(states[-1], ops))
             ever.update(k for k, _ in ops)
         path = str(root / "image")
         shutil.copytree(live, path)  # what a crash leaves

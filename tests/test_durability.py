@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from model import applied
 
 import kvmap
 from kvmap import fileio
@@ -226,16 +227,6 @@ def _workload() -> list[list[tuple[bytes, bytes | None]]]:
     ]
 
 
-def _apply(state: dict[bytes, bytes], txn: list[tuple[bytes, bytes | None]]) -> dict[bytes, bytes]:
-    out = dict(state)
-    for k, v in txn:
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
-
-
 @pytest.fixture(scope="module")
 def base_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[bytes, bytes]]]:
     """A populated database to copy for each fault case, and its contents."""
@@ -335,7 +326,7 @@ def test_fault_injection(
     assert total >= (5 if op in ("pwrite", "fdatasync") else 1), f"only {total} {op} calls"
     states = [base_state]
     for txn_ops in _workload():
-        states.append(_apply(states[-1], txn_ops))
+        states.append(applied(states[-1], txn_ops))
     for n in range(1, total + 1):
         path = str(tmp_path / f"case{n}")
         shutil.copytree(base, path)

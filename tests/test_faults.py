@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from model import applied, commit_ops
 
 import kvmap
 from kvmap import fileio
@@ -149,25 +150,6 @@ class FaultFS(fileio.FileSystem):
 # -- the workload and its model --------------------------------------------------------------
 
 
-def _apply(state: dict[bytes, bytes], ops: Ops) -> dict[bytes, bytes]:
-    out = dict(state)
-    for k, v in ops:
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = v
-    return out
-
-
-def _commit(db: kvmap.Database, ops: Ops) -> None:
-    with db.begin(write=True) as txn:
-        for k, v in ops:
-            if v is None:
-                txn.delete(k)
-            else:
-                txn.put(k, v)
-
-
 # Commits replayed by recovery (they sit in the crash image's WAL).
 IMAGE_WAL: list[Ops] = [
     [(b"w%03d" % i, b"wal-%d" % i * (1 + i % 9)) for i in range(n * 7, n * 7 + 7)]
@@ -203,12 +185,12 @@ def _put(key: bytes, value: bytes) -> Callable[[kvmap.Database], None]:
 
 
 STEPS = [
-    Step("txn A (commit + checkpoint)", lambda db: _commit(db, TXN_A), TXN_A),
-    Step("txn B (overflow, growth)", lambda db: _commit(db, TXN_B), TXN_B),
+    Step("txn A (commit + checkpoint)", lambda db: commit_ops(db, TXN_A), TXN_A),
+    Step("txn B (overflow, growth)", lambda db: commit_ops(db, TXN_B), TXN_B),
     Step("bulk load", _bulk, BULK),
-    Step("txn C", lambda db: _commit(db, TXN_C), TXN_C),
+    Step("txn C", lambda db: commit_ops(db, TXN_C), TXN_C),
     Step("checkpoint", lambda db: db.checkpoint()),
-    Step("txn D", lambda db: _commit(db, TXN_D), TXN_D),
+    Step("txn D", lambda db: commit_ops(db, TXN_D), TXN_D),
     Step("compact", lambda db: db.compact()),
     # autocommits, each one fsynced; one of them checkpoints (4 KiB of WAL)
     *(Step(f"put {k.decode()}", _put(k, v), [(k, v)]) for k, v in TXN_E),
@@ -232,19 +214,19 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     state = {b"base%03d" % i: b"b" * (i % 90) for i in range(150)}
     with kvmap.open(live, page_size=PS, checkpoint_size=0) as db:
         db.put_many(state.items())
-        _commit(db, [(b"base%03d" % i, None) for i in range(0, 150, 4)])
+        commit_ops(db, [(b"base%03d" % i, None) for i in range(0, 150, 4)])
     state = {k: v for k, v in state.items() if int(k[4:]) % 4}
     # the crash image: a tree, a stale WAL it covers, and the WAL with frames to replay
     db = kvmap.open(live, page_size=PS, sync="full", checkpoint_size=1 << 30)
     try:
-        _commit(db, [(b"stale", b"covered by the tree")])
+        commit_ops(db, [(b"stale", b"covered by the tree")])
         state[b"stale"] = b"covered by the tree"
         [(_, stale_path)] = list_wals(live)
         stale = Path(stale_path).read_bytes()
         db.checkpoint()
         for ops in IMAGE_WAL:
-            _commit(db, ops)
-            state = _apply(state, ops)
+            commit_ops(db, ops)
+            state = applied(state, ops)
         path = str(root / "image")
         shutil.copytree(live, path)
     finally:
@@ -256,7 +238,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     os.unlink(os.path.join(path, "kvmap.lock"))  # shared memory, not data: open makes it again
     states = [state]
     for step in STEPS:
-        states.append(_apply(states[-1], step.ops))
+        states.append(applied(states[-1], step.ops))
     yield Image(path, states)
 
 
