@@ -4,7 +4,7 @@
 
 For each size, each engine bulk-loads the keys (16 random bytes, 100-byte values) and
 closes; then a new process opens the database (kvmap ``readonly=True`` with the default
-64 MiB page cache, or ``--cache-size``; lmdb ``readonly=True``), does one warm-up pass of
+32 MiB page cache, or ``--cache-size``; lmdb ``readonly=True``), does one warm-up pass of
 ``--gets`` random gets of present keys, then a timed pass of the same number, and reports
 gets/s and its peak
 resident set size (``VmHWM``).  Printed: a table per engine and size, the 1M/100k
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engines", nargs="+", default=["kvmap", "lmdb"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
-        "--cache-size", type=int, default=64, metavar="MIB",
-        help="kvmap's cache_size for the reader, in MiB (default 64, kvmap's default)",
+        "--cache-size", type=int, default=32, metavar="MIB",
+        help="kvmap's cache_size for the reader, in MiB (default 32, kvmap's default)",
     )  # fmt: skip
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="kvmap-scale-")

@@ -18,7 +18,7 @@ Only after step 6 may the WAL files the meta covers be deleted (the caller does 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .btree import TreeWriter
 from .fileio import failpoint
@@ -28,25 +28,24 @@ from .meta import Meta
 from .node import encode_run, run_header, run_pages
 from .pager import Pager
 
-Op = tuple[bytes, bytes | None]
-
 
 def fold(
-    pager: Pager, freelist: Freelist, meta: Meta, ops: list[Op], wal_seq: int,
-    oldest_reader: Callable[[int], int],
+    pager: Pager, freelist: Freelist, meta: Meta, keys: Sequence[bytes],
+    vals: Sequence[bytes | None], wal_seq: int, oldest_reader: Callable[[int], int],
 ) -> tuple[Meta, int]:  # fmt: skip
-    """Apply ``ops`` (sorted, unique keys, None deletes) to the tree of ``meta`` and commit
-    it durably (steps 1-6 above).  Returns the new meta and the change in entries; puts the
-    new pages' decoded nodes in the pager's cache.  ``oldest_reader(limit)`` gives the
-    oldest tree txn id a registered reader holds.  Raises ``OSError`` on I/O failure (the
-    caller must then stop using the handle) and :class:`~kvmap.CorruptionError`."""
+    """Apply the batch ``keys``/``vals`` (parallel lists: keys sorted and unique, value None
+    deletes) to the tree of ``meta`` and commit it durably (steps 1-6 above).  Returns the
+    new meta and the change in entries; puts the new pages' decoded nodes in the pager's
+    cache.  ``oldest_reader(limit)`` gives the oldest tree txn id a registered reader
+    holds.  Raises ``OSError`` on I/O failure (the caller must then stop using the handle)
+    and :class:`~kvmap.CorruptionError`."""
     txnid = meta.txnid + 1
     ps = meta.page_size
     # 1. the meta being replaced is durable (checkpoints always sync), so only readers count
     freelist.release(oldest_reader(meta.txnid))
     # 2. the batch, copy-on-write
     writer = TreeWriter(pager, freelist, txnid, meta.hwm)
-    root, depth = writer.apply(meta.root, meta.depth, ops)
+    root, depth = writer.apply(meta.root, meta.depth, keys, vals)
     # 3. the old freelist run is freed like any replaced page; the new run is allocated
     #    last, which only shrinks what it must hold, so the estimate is an upper bound.
     if meta.freelist:

@@ -68,7 +68,7 @@ from .format import (
 from .freelist import Freelist
 from .memtable import Memtable
 from .meta import Meta, peek_page_size, pick
-from .node import decode
+from .node import decode, peek
 from .pager import Pager
 from .readers import LockFile, Published, ReaderInfo
 from .segments import first_segment, segment_end
@@ -208,7 +208,7 @@ class State:
         self.txnid = meta.txnid
         self.root = meta.root
         self.cache = pager.cache
-        self.node = pager.node
+        self.node = pager.visit
         self.seq = seq
         self.mems = mems
         self.entries = entries
@@ -229,7 +229,7 @@ def open(  # noqa: A001 - the natural name, like dbm.open and gzip.open
     readonly: bool = False,
     page_size: int = DEFAULT_PAGE_SIZE,
     sync: str = "full",
-    cache_size: int = 64 * 1024 * 1024,
+    cache_size: int = 32 * 1024 * 1024,
     checkpoint_size: int = 32 * 1024 * 1024,
     lock_timeout: float = 0.0,
     max_readers: int = DEFAULT_READER_SLOTS,
@@ -323,7 +323,7 @@ class Database:
     def __init__(
         self, path: str, *, create: bool = True, readonly: bool = False,
         page_size: int = DEFAULT_PAGE_SIZE, sync: str = "full",
-        cache_size: int = 64 * 1024 * 1024, checkpoint_size: int = 32 * 1024 * 1024,
+        cache_size: int = 32 * 1024 * 1024, checkpoint_size: int = 32 * 1024 * 1024,
         lock_timeout: float = 0.0, max_readers: int = DEFAULT_READER_SLOTS,
     ) -> None:  # fmt: skip
         self._closed = True
@@ -416,7 +416,7 @@ class Database:
                 self._create(data, page_size)
         self._fd = fs.open(data, os.O_RDONLY if self.readonly else os.O_RDWR)
         meta, ps = self._read_meta(data)
-        pager = Pager(fs, self._fd, ps, decode, cache_size)
+        pager = Pager(fs, self._fd, ps, decode, cache_size, peek)
         self.page_size = ps
         self.max_key_size = max_key_size(ps)
         try:
@@ -443,7 +443,7 @@ class Database:
                         raise
                     if newest.txnid != meta.txnid:
                         meta = newest
-                        pager.cache.clear()
+                        pager.forget()
         except BaseException:
             pager.close()
             raise
@@ -662,13 +662,14 @@ class Database:
             # handle switches to them only once the new state is complete.
             fd = self._fs.open(data, os.O_RDONLY)
             pager = Pager(
-                self._fs, fd, pager.page_size, decode, pager.max_cached * 2 * pager.page_size
-            )
+                self._fs, fd, pager.page_size, decode, pager.max_cached * 2 * pager.page_size,
+                peek,
+            )  # fmt: skip
         try:
             meta, _ = _read_meta_fd(self._fs, fd, data)
             pager.check_covers(meta.hwm)
             if meta.txnid != state.txnid or pager is not state.pager:
-                pager.cache.clear()
+                pager.forget()
             self._tail = None
             try:
                 new = self._recover(
@@ -806,14 +807,16 @@ class Database:
         4. a new State, published in this process and in the lock file.
         """
         with self._publish_lock:
-            state = self._live()
-            seq = state.seq + 1
+            state = self._state
+            if state is None:
+                self._raise_unusable()
+            seq = state.seq + 1  # type: ignore[union-attr]
             wal = self._wal
             assert wal is not None
             # 1. existence
             delta = 0
             for k, v in ops:
-                delta += (v is not None) - (read_state(state, k) is not MISSING)
+                delta += (v is not None) - (get_value(state, k, MISSING, False) is not MISSING)  # type: ignore[arg-type]
             # 2. the frame (one put, the commonest commit, packs with one struct call)
             if len(ops) == 1 and (put := ops[0])[1] is not None:
                 frame = encode_put_frame(wal.salt, seq, put[0], put[1])
@@ -824,12 +827,14 @@ class Database:
             except BaseException as exc:
                 raise self._fail(exc, "WAL write") from exc
             # 3. every registered snapshot and in-flight read is older than this commit
-            state.mems[0].apply(seq, ops, self._has_readers())
+            state.mems[0].apply(seq, ops, self._has_readers())  # type: ignore[union-attr]
             # 4. publish
-            self._state = state.advance(seq, state.entries + delta)
+            self._state = state = state.advance(seq, state.entries + delta)  # type: ignore[union-attr]
             if not wal.buffer:  # every frame up to this one reached the OS
                 self._written_seq = seq
-                self._announce()
+                lock = self._lock
+                if lock is not None:
+                    lock.publish(seq, state.txnid, wal.start_seq)
         return seq
 
     def _sync_wal(self, seq: int) -> None:
@@ -849,16 +854,17 @@ class Database:
                 raise self._fail(exc, "WAL sync") from exc
             self._synced_seq = max(self._synced_seq, target)
 
-    def _commit_tree(self, ops: list[Op]) -> None:
-        """Write ``ops`` straight into the tree (``put_many(append=True)``; the write lock
-        is held): checkpoint, then one copy-on-write fold and meta flip."""
+    def _commit_tree(self, keys: list[bytes], vals: list[bytes | None]) -> None:
+        """Write the batch ``keys``/``vals`` straight into the tree (``put_many(append=True)``;
+        the write lock is held): checkpoint, then one copy-on-write fold and meta flip."""
         with self._ckpt_lock:
             self._checkpoint()
             state = self._live()
             try:
                 meta, delta = fold(
-                    state.pager, state.freelist, state.meta, ops, state.seq, self._oldest_txnid
-                )
+                    state.pager, state.freelist, state.meta, keys, vals, state.seq,
+                    self._oldest_txnid,
+                )  # fmt: skip
             except BaseException as exc:
                 raise self._fail(exc, "tree commit") from exc
             with self._publish_lock:
@@ -935,7 +941,12 @@ class Database:
                 self._writer = None
         if self.sync_mode == "full":
             self._sync_wal(seq)
-        self._maybe_checkpoint()
+        wal = self._wal
+        if (
+            wal is not None
+            and wal.offset + len(wal.buffer) - WAL_HEADER_SIZE > self.checkpoint_size
+        ):
+            self._maybe_checkpoint()  # (its test, inlined: put is the hottest write path)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self.put(key, value)
@@ -1068,7 +1079,7 @@ class Database:
         # 2. fold (readers and writers go on; nothing else touches the tree)
         try:
             meta, _ = fold(
-                state.pager, state.freelist, state.meta, frozen.latest(), frozen.last_seq,
+                state.pager, state.freelist, state.meta, *frozen.latest(), frozen.last_seq,
                 self._oldest_txnid,
             )  # fmt: skip
         except BaseException as exc:
@@ -1212,7 +1223,7 @@ class Database:
             _close_quietly(fs, old_fd)
             try:
                 fs.fsync_dir(self.path)
-                pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps)
+                pager = Pager(fs, fd, ps, decode, state.pager.max_cached * 2 * ps, peek)
                 pager.check_covers(meta.hwm)
             except BaseException as exc:
                 raise self._fail(exc, "compact, after the swap") from exc

@@ -124,8 +124,9 @@ class Memtable:
                 lo = keys[-1]
                 first = False
 
-    def latest(self) -> list[Op]:
-        """Every key's newest version, sorted: the batch a checkpoint applies."""
+    def latest(self) -> tuple[list[bytes], list[bytes | None]]:
+        """Every key's newest version, sorted, as parallel lists of keys and values (None
+        for a delete): the batch a checkpoint applies."""
         with self.lock:
-            keys = self._ordered()
-            return list(zip(keys, map(_VALUE, map(self.data.__getitem__, keys))))
+            keys = list(self._ordered())
+            return keys, list(map(_VALUE, map(self.data.__getitem__, keys)))

@@ -150,10 +150,12 @@ def seal(page: bytearray) -> bytes:
 # most of a leaf's decode.  Leaves of one database usually repeat a few layouts (fixed-size
 # keys and values give one per cell count), so a layout -- the raw cell-length array -- seen
 # twice gets a compiled ``struct.Struct("<16s16s...100s")`` that unpacks every key and
-# value at once (~4x faster).  Layouts with an overflow reference are never compiled (the
-# slow path makes the Ovf objects).  Seen-once layouts are remembered without a Struct, so
-# databases of varied sizes never pay for compiling; both maps are bounded.
-_LAYOUTS: dict[bytes, struct.Struct] = {}
+# value at once (~4x faster), a second one for the keys alone, and the offsets of the
+# values (which :func:`peek` uses).  Layouts with an overflow reference are never compiled
+# (the slow path makes the Ovf objects).  Seen-once layouts are remembered without a
+# Struct, so databases of varied sizes never pay for compiling; both maps are bounded.
+Layout = tuple[struct.Struct, struct.Struct, tuple[int, ...]]
+_LAYOUTS: dict[bytes, Layout] = {}
 _SEEN: set[bytes] = set()
 _MAX_LAYOUTS = 2048
 
@@ -169,7 +171,60 @@ def _learn(layout: bytes, lens: tuple[int, ...], n: int) -> None:
         return
     if len(_LAYOUTS) >= _MAX_LAYOUTS:
         _LAYOUTS.clear()
-    _LAYOUTS[layout] = struct.Struct("<" + "".join(map("{}s".format, lens)))
+    fmt = "".join(map("{}s".format, lens[:n]))
+    voffs = tuple(accumulate(lens[n:], initial=_HDR_SIZE + 4 * n + sum(lens[:n])))
+    _LAYOUTS[layout] = (
+        struct.Struct("<" + fmt + "".join(map("{}s".format, lens[n:]))),
+        struct.Struct("<" + fmt),
+        voffs,
+    )
+
+
+class PageValues:
+    """The values of a leaf that :func:`peek` read for one lookup: each is sliced from the
+    page copy when asked for (a lookup asks for one).
+
+    >>> vals = PageValues(b"..abcde", (2, 4, 7))
+    >>> len(vals), vals[0], vals[1]
+    (2, b'ab', b'cde')
+    """
+
+    __slots__ = ("buf", "offs")
+
+    def __init__(self, buf: bytes, offs: tuple[int, ...]) -> None:
+        self.buf = buf
+        self.offs = offs
+
+    def __len__(self) -> int:
+        return len(self.offs) - 1
+
+    def __getitem__(self, i: int) -> bytes:
+        offs = self.offs
+        if i < 0:
+            i += len(offs) - 1
+        return self.buf[offs[i] : offs[i + 1]]
+
+
+def peek(buf: bytes, pgno: int, verify: bool) -> Node | None:
+    """Page ``pgno`` read for one lookup, if it is a leaf of a compiled layout (see the
+    layout cache): its keys unpacked in one C call, its values left in ``buf``
+    (:class:`PageValues`).  None for anything else (a branch, a rare layout, overflow
+    values, damage): the caller decodes the page with :func:`decode`, which raises on
+    damage.  Verifies the checksum if ``verify``.  Cost: ~0.5 µs for a 4 KiB leaf of 33
+    cells, a quarter of :func:`decode`."""
+    _, ptype, _, n, stored_pgno, txn = _HDR.unpack_from(buf, 0)
+    if ptype != PAGE_LEAF or stored_pgno != pgno:
+        return None
+    lens_end = _HDR_SIZE + 4 * n
+    found = _LAYOUTS.get(buf[_HDR_SIZE:lens_end])
+    if found is None or found[2][-1] > len(buf):
+        return None
+    if verify:
+        (stored,) = CHECKSUM.unpack_from(buf, 0)
+        if crc32c(memoryview(buf)[4:]) != stored:
+            return None
+    vals = PageValues(buf, found[2])  # indexable by position, which is all a lookup needs
+    return Node(found[1].unpack_from(buf, lens_end), vals, None, pgno, txn)  # type: ignore[arg-type]
 
 
 def decode(buf: bytes, pgno: int) -> Node:
@@ -189,8 +244,9 @@ def decode(buf: bytes, pgno: int) -> Node:
         if lens_end > page_size:
             raise CorruptionError(f"page {pgno}: {n} cells do not fit in a page")
         layout = buf[_HDR_SIZE:lens_end]
-        cells = _LAYOUTS.get(layout)
-        if cells is not None:  # a layout seen before: every key and value in one C call
+        found = _LAYOUTS.get(layout)
+        if found is not None:  # a layout seen before: every key and value in one C call
+            cells = found[0]
             if lens_end + cells.size > page_size:
                 raise CorruptionError(f"page {pgno}: cells run past the end of the page")
             fields = cells.unpack_from(buf, lens_end)

@@ -46,7 +46,8 @@ def get_value(state: State, key: bytes, default: Any, follow: bool = True) -> An
     read unless ``follow`` is false (then its ``Ovf`` reference is returned).  The memtable
     probe, ``btree.lookup`` and the overflow read inlined: this is the lookup of the two
     hottest paths of all (``Database.get`` and ``Snapshot.get``).  Cost: a dict probe per
-    memtable, one cached node and one ``bisect`` per tree level."""
+    memtable, one cached node and one ``bisect`` per tree level (a leaf missing from a full
+    cache is peeked: ~1 µs more, see kvmap/pager.py)."""
     seq = state.seq
     for mem in state.mems:
         e = mem.data.get(key)
@@ -520,17 +521,23 @@ class WriteTxn(Snapshot):
         return it
 
     def _ops(self) -> list[tuple[bytes, bytes | None]]:
-        """The sorted batch this transaction commits (appended keys follow all others
-        unless a later ``put``/``delete`` touched them, which then wins)."""
-        ops = sorted(self._writes.items())  # keys are unique: values are never compared
-        if not self._akeys:
-            return ops
-        appended = list(zip(self._akeys, self._avals))
-        if not ops or ops[-1][0] < appended[0][0]:
-            return ops + appended
-        merged: dict[bytes, bytes | None] = dict(appended)
+        """The sorted batch this transaction commits to the WAL (no appended keys)."""
+        return sorted(self._writes.items())  # keys are unique: values are never compared
+
+    def _columns(self) -> tuple[list[bytes], list[bytes | None]]:
+        """The sorted batch of a transaction with appended keys, as parallel lists of keys
+        and values (what the tree's fold takes).  Appended keys follow all others unless a
+        later ``put``/``delete`` touched them, which then wins."""
+        akeys, avals = self._akeys, self._avals
+        if not self._writes:
+            return akeys, avals  # type: ignore[return-value]
+        ops = self._ops()
+        if ops[-1][0] < akeys[0]:
+            return [k for k, _ in ops] + akeys, [v for _, v in ops] + avals
+        merged: dict[bytes, bytes | None] = dict(zip(akeys, avals))
         merged.update(ops)
-        return sorted(merged.items())
+        keys = sorted(merged)
+        return keys, list(map(merged.__getitem__, keys))
 
     # -- end -----------------------------------------------------------------------------
     def abort(self) -> None:
@@ -569,7 +576,7 @@ class WriteTxn(Snapshot):
         db._unregister(self._token)  # type: ignore[arg-type]
         try:
             if self._akeys:
-                db._commit_tree(self._ops())
+                db._commit_tree(*self._columns())
             elif self._writes:
                 seq = db._commit(self._ops(), self._sync)
         finally:

@@ -247,12 +247,14 @@ class WalWriter:
             self.buffer += frame
             self.flush()
         else:
-            if _FAILPOINT == "wal-mid-frame":
-                self.fs.pwrite(self.fd, frame[: len(frame) // 2], self.offset)
-                failpoint("wal-mid-frame")
+            if _FAILPOINT:
+                if _FAILPOINT == "wal-mid-frame":
+                    self.fs.pwrite(self.fd, frame[: len(frame) // 2], self.offset)
+                    failpoint("wal-mid-frame")
             self.fs.pwrite(self.fd, frame, self.offset)
             self.offset += len(frame)
-        failpoint("wal-before-sync")
+        if _FAILPOINT:
+            failpoint("wal-before-sync")
 
     def flush(self) -> None:
         """Write buffered frames to the OS.  Raises ``OSError``."""

@@ -57,7 +57,8 @@ class Store:
     def apply(self, ops: dict[bytes, bytes | None], keep_old: bool = False) -> TreeWriter:
         self.txnid += 1
         w = TreeWriter(self.pager, self.freelist, self.txnid, self.hwm)
-        self.root, self.depth = w.apply(self.root, self.depth, sorted(ops.items()))
+        keys = sorted(ops)
+        self.root, self.depth = w.apply(self.root, self.depth, keys, [ops[k] for k in keys])
         if keep_old:
             self.freelist.add_pending(self.txnid, w.freed)
         else:
@@ -365,10 +366,10 @@ def test_wrong_depth_raises_corruption(store: Store) -> None:
     assert store.depth >= 2
     w = TreeWriter(store.pager, store.freelist, 99, store.hwm)
     with pytest.raises(CorruptionError, match="needs a leaf"):
-        w.apply(store.root, store.depth - 1, [(b"0001", b"x")])
+        w.apply(store.root, store.depth - 1, [b"0001"], [b"x"])
     w = TreeWriter(store.pager, store.freelist, 99, store.hwm)
     with pytest.raises(CorruptionError, match="needs a branch"):
-        w.apply(store.root, store.depth + 1, [(b"0001", b"x")])
+        w.apply(store.root, store.depth + 1, [b"0001"], [b"x"])
 
 
 # -- overflow values ---------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def write_batches(pager: Pager, rng: random.Random, rounds: int) -> Tree:
             else:
                 ops[k] = bytes([txn % 256]) * rng.choice([0, 1, 5, 30, 90, 400])
         w = TreeWriter(pager, fl, txn, hwm)
-        root, depth = w.apply(root, depth, sorted(ops.items()))
+        keys = sorted(ops)
+        root, depth = w.apply(root, depth, keys, [ops[k] for k in keys])
         fl.add_reusable(w.freed)
         hwm = w.hwm
         pager.ensure_pages(hwm)

@@ -59,8 +59,9 @@ class Model:
                     out.append((k, v))
         return out
 
-    def latest(self) -> list[tuple[bytes, bytes | None]]:
-        return [(k, self.versions[k][-1][1]) for k in sorted(self.versions)]
+    def latest(self) -> tuple[list[bytes], list[bytes | None]]:
+        keys = sorted(self.versions)
+        return keys, [self.versions[k][-1][1] for k in keys]
 
 
 def _dedup(ops: list[Op]) -> list[Op]:
@@ -123,7 +124,7 @@ def test_tombstones_are_versions_too() -> None:
     assert m.get(b"a", 0) is MISSING  # before the delete: fall through
     assert m.get(b"a", 1) is None  # deleted: do not fall through to the tree
     assert list(m.range(None, None, False, 1)) == [(b"a", None)]
-    assert m.latest() == [(b"a", None)]
+    assert m.latest() == ([b"a"], [None])
 
 
 def test_latest_is_sorted_newest_versions_with_tombstones() -> None:
@@ -131,8 +132,8 @@ def test_latest_is_sorted_newest_versions_with_tombstones() -> None:
     m.apply(1, [(b"b", b"1"), (b"d", b"1")], keep_old=True)
     m.apply(2, [(b"a", b"2"), (b"d", None)], keep_old=True)
     m.apply(3, [(b"c", b"3"), (b"b", b"3")], keep_old=False)
-    assert m.latest() == [(b"a", b"2"), (b"b", b"3"), (b"c", b"3"), (b"d", None)]
-    assert Memtable(5).latest() == []
+    assert m.latest() == ([b"a", b"b", b"c", b"d"], [b"2", b"3", b"3", None])
+    assert Memtable(5).latest() == ([], [])
 
 
 # -- range against the model -----------------------------------------------------------------

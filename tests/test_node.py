@@ -37,6 +37,7 @@ from kvmap.node import (
     encode,
     encode_run,
     leaf_size,
+    peek,
     run_header,
     run_pages,
     run_payload,
@@ -356,3 +357,57 @@ def test_every_page_of_a_run_is_covered_by_its_checksum() -> None:
         bad[off] ^= 0x40
         with pytest.raises(CorruptionError, match="run at page 40: checksum mismatch"):
             run_payload(bytes(bad), 40, 3000)
+
+
+# -- peek: a leaf read for one lookup ------------------------------------------------------------
+
+
+def _learned_leaf(pgno: int, klen: int, vlen: int, n: int) -> tuple[Node, bytes]:
+    node = Node([b"%0*d" % (klen, i) for i in range(n)], [b"%0*d" % (vlen, i) for i in range(n)],
+                None, pgno, 7)  # fmt: skip
+    page = encode(node, 4096)
+    decode(page, pgno)
+    decode(page, pgno)  # the second decode compiles the layout
+    return node, page
+
+
+def test_peek_reads_a_learned_leaf_like_decode() -> None:
+    node, page = _learned_leaf(5, 13, 41, 30)
+    for verify in (True, False):
+        got = peek(page, 5, verify)
+        assert got is not None
+        assert got.kids is None and (got.pgno, got.txn) == (5, 7)
+        assert list(got.keys) == node.keys
+        assert len(got.vals) == 30
+        assert [got.vals[i] for i in range(30)] == node.vals
+        assert got.vals[-1] == node.vals[-1]
+
+
+def test_peek_declines_what_it_cannot_read_cheaply() -> None:
+    """None means "decode it": a branch, a layout not seen twice, overflow values, a page
+    that says it is another page, or (when verifying) a bad checksum."""
+    _, page = _learned_leaf(5, 11, 37, 20)
+    assert peek(page, 6, True) is None  # the header names page 5
+    damaged = bytearray(page)
+    damaged[-1] ^= 1
+    assert peek(bytes(damaged), 5, True) is None
+    with pytest.raises(CorruptionError, match="checksum"):
+        decode(bytes(damaged), 5)
+    assert peek(bytes(damaged), 5, False) is not None  # the caller verified it before
+    branch = encode(Node([b"", b"m"], None, [3, 4], 5, 7), 4096)
+    assert peek(branch, 5, True) is None
+    once = encode(Node([b"a" * 97], [b"b" * 211], None, 5, 7), 4096)  # a layout seen once
+    decode(once, 5)
+    assert peek(once, 5, True) is None
+    ovf = encode(Node([b"k" * 9] * 2, [b"v" * 8, Ovf(42)], None, 5, 7), 4096)
+    for _ in range(3):
+        decode(ovf, 5)
+    assert peek(ovf, 5, True) is None
+
+
+def test_peek_checks_that_a_learned_layout_fits_the_page() -> None:
+    node, page = _learned_leaf(3, 20, 150, 20)
+    n = len(node.keys)
+    lens = page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 4 * n]
+    small = _sealed(PAGE_LEAF, n, lens + bytes(512 - PAGE_HEADER_SIZE - 4 * n))
+    assert peek(small, 3, True) is None

@@ -266,6 +266,81 @@ def test_database_cache_is_bounded(open_db: Any) -> None:
     assert db.stats()["cached_pages"] <= 64
 
 
+def test_visit_peeks_past_a_full_cache_and_never_evicts(tmp_path: Any) -> None:
+    """The lookup path caches leaves until the cache is full; then it reads each leaf it
+    misses for that lookup only, so the cache stops changing and nothing is decoded."""
+    fs = FileSystem()
+    fd = fs.open(os.path.join(tmp_path, "d"), os.O_RDWR | os.O_CREAT)
+    dec = CountingDecode()
+    pager = Pager(fs, fd, PS, dec, 0, nodec.peek)
+    try:
+        pager.ensure_pages(600)
+        pages = [(p, encode(Node([b"k%05d" % p], [b"v%07d" % p], None, p, 1), PS))
+                 for p in range(2, 600)]  # fmt: skip
+        pager.write_all(pages)
+        for _ in range(2):
+            for p in range(2, 600):
+                node = pager.visit(p)
+                assert (list(node.keys), node.vals[0]) == ([b"k%05d" % p], b"v%07d" % p)
+        cached = dict(pager.cache)
+        calls = len(dec.calls)
+        assert len(cached) == pager.max_cached == 64
+        for p in range(2, 600):
+            assert pager.visit(p).vals[0] == b"v%07d" % p
+        assert pager.cache == cached and len(dec.calls) == calls
+        assert len(pager.verified) == 598 - 64
+        pager.remember(300, Node([b"new"], [b"x"], None, 300, 2))  # the writer rewrote it
+        assert 300 not in pager.verified
+        pager.forget()
+        assert pager.cache == {} and pager.verified == set()
+    finally:
+        pager.close()
+        fs.close(fd)
+
+
+def test_visit_raises_for_a_damaged_leaf_past_a_full_cache(tmp_path: Any) -> None:
+    fs = FileSystem()
+    path = os.path.join(tmp_path, "d")
+    fd = fs.open(path, os.O_RDWR | os.O_CREAT)
+    pager = Pager(fs, fd, PS, nodec.decode, 0, nodec.peek)
+    try:
+        pager.ensure_pages(200)
+        pager.write_all([(p, encode(Node([b"k%05d" % p], [b"v" * 30], None, p, 1), PS))
+                         for p in range(2, 200)])  # fmt: skip
+        for p in range(2, 150):
+            pager.visit(p)
+        assert len(pager.cache) == pager.max_cached
+        fs.pwrite(fd, b"\xff", 170 * PS + 100)  # a bit flip in a page never visited
+        with pytest.raises(CorruptionError, match="page 170"):
+            pager.visit(170)
+        assert 170 not in pager.cache and 170 not in pager.verified
+    finally:
+        pager.close()
+        fs.close(fd)
+
+
+def test_database_gets_past_a_full_cache_follow_page_reuse(db_path: str) -> None:
+    """Checkpoints free and reuse pages; a reader's peeks (and the checksums it verified)
+    must never outlive the page contents they came from."""
+    with kvmap.open(db_path, page_size=512, cache_size=0) as db, \
+            kvmap.open(db_path, readonly=True, cache_size=0) as ro:  # fmt: skip
+        model: dict[bytes, bytes] = {}
+        for rnd in range(6):
+            with db.begin(write=True) as txn:
+                for i in range(0, 1500, rnd + 1):
+                    model[b"%05d" % i] = v = b"r%d-%d" % (rnd, i) * 3
+                    txn.put(b"%05d" % i, v)
+            db.checkpoint()
+            for k, v in model.items():
+                assert db.get(k) == v
+                assert ro.get(k) == v
+            for handle in (db, ro):
+                pager = handle._state.pager  # type: ignore[union-attr]
+                assert len(pager.cache) <= pager.max_cached
+            assert ro._state.pager.verified  # type: ignore[union-attr]
+        db.check()
+
+
 def test_close_drops_cache_and_mappings(made: Any) -> None:
     pager, _, _ = made
     fill(pager, 10)

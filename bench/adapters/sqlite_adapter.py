@@ -1,6 +1,6 @@
 """SQLite (stdlib ``sqlite3``) in WAL mode with a ``kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT
 ROWID`` table: ``synchronous=FULL`` (full: the WAL is fsynced at each commit) or
-``synchronous=NORMAL`` (normal: fsync only at checkpoints).  The page cache is set to 64 MiB,
+``synchronous=NORMAL`` (normal: fsync only at checkpoints).  The page cache is set to 32 MiB,
 kvmap's default ``cache_size``; everything else is SQLite's default (autocheckpoint at 1000
 pages).
 
@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from .base import Adapter, Reader
 
 FILE = "kv.sqlite"
-CACHE_KIB = 64 * 1024
+CACHE_KIB = 32 * 1024  # kvmap's default cache_size
 GET = "SELECT v FROM kv WHERE k = ?"
 PUT = "INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)"
 SCAN = "SELECT k, v FROM kv ORDER BY k"
