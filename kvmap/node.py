@@ -149,23 +149,25 @@ def seal(page: bytearray) -> bytes:
 # Design note: the layout cache.  Slicing keys and values one by one costs ~0.13 µs each,
 # most of a leaf's decode.  Leaves of one database usually repeat a few layouts (fixed-size
 # keys and values give one per cell count), so a layout -- the raw cell-length array -- seen
-# twice gets a compiled ``struct.Struct("<16s16s...100s")`` that unpacks every key and
-# value at once (~4x faster), a second one for the keys alone, and the offsets of the
+# on two pages gets a compiled ``struct.Struct("<16s16s...100s")`` that unpacks every key
+# and value at once (~4x faster), a second one for the keys alone, and the offsets of the
 # values (which :func:`peek` uses).  Layouts with an overflow reference are never compiled
-# (the slow path makes the Ovf objects).  Seen-once layouts are remembered without a
-# Struct, so databases of varied sizes never pay for compiling; both maps are bounded.
+# (the slow path makes the Ovf objects).  A layout seen on one page only is remembered
+# without a Struct (with that page's number: a page read again must not count twice), so
+# databases of varied sizes never pay for compiling; both maps are bounded.
 Layout = tuple[struct.Struct, struct.Struct, tuple[int, ...]]
 _LAYOUTS: dict[bytes, Layout] = {}
-_SEEN: set[bytes] = set()
+_SEEN: dict[bytes, int] = {}
 _MAX_LAYOUTS = 2048
 
 
-def _learn(layout: bytes, lens: tuple[int, ...], n: int) -> None:
-    """Compile ``layout`` (a leaf's cell-length array) the second time it is decoded."""
-    if layout not in _SEEN:
+def _learn(layout: bytes, lens: tuple[int, ...], n: int, pgno: int) -> None:
+    """Compile ``layout`` (a leaf's cell-length array) once it is read on a second page."""
+    first = _SEEN.get(layout)
+    if first is None or first == pgno:
         if len(_SEEN) >= 4 * _MAX_LAYOUTS:
             _SEEN.clear()
-        _SEEN.add(layout)
+        _SEEN[layout] = pgno
         return
     if n == 0 or max(lens[n:]) >= VALUE_OVERFLOW_BIT:
         return
@@ -180,11 +182,12 @@ def _learn(layout: bytes, lens: tuple[int, ...], n: int) -> None:
     )
 
 
-class PageValues:
-    """The values of a leaf that :func:`peek` read for one lookup: each is sliced from the
-    page copy when asked for (a lookup asks for one).
+class PageSlices:
+    """The keys or values of a leaf that :func:`peek` read for one lookup: each is sliced
+    from the page copy when asked for (a lookup's ``bisect`` asks for a few keys, then for
+    one value).
 
-    >>> vals = PageValues(b"..abcde", (2, 4, 7))
+    >>> vals = PageSlices(b"..abcde", (2, 4, 7))
     >>> len(vals), vals[0], vals[1]
     (2, b'ab', b'cde')
     """
@@ -206,25 +209,40 @@ class PageValues:
 
 
 def peek(buf: bytes, pgno: int, verify: bool) -> Node | None:
-    """Page ``pgno`` read for one lookup, if it is a leaf of a compiled layout (see the
-    layout cache): its keys unpacked in one C call, its values left in ``buf``
-    (:class:`PageValues`).  None for anything else (a branch, a rare layout, overflow
-    values, damage): the caller decodes the page with :func:`decode`, which raises on
-    damage.  Verifies the checksum if ``verify``.  Cost: ~0.5 µs for a 4 KiB leaf of 33
-    cells, a quarter of :func:`decode`."""
+    """Leaf page ``pgno`` read for one lookup: its keys unpacked in one C call when the
+    layout is compiled, else left in ``buf`` like its values (:class:`PageSlices`, sliced
+    when a ``bisect`` asks).  None for anything else (a branch, overflow values, damage):
+    the caller decodes the page with :func:`decode`, which raises on damage.  Verifies the
+    checksum if ``verify``.  Cost: ~0.5 µs for a 4 KiB leaf of 33 cells of a compiled
+    layout, a quarter of :func:`decode`; ~2 µs otherwise (the bisect's key slices)."""
     _, ptype, _, n, stored_pgno, txn = _HDR.unpack_from(buf, 0)
-    if ptype != PAGE_LEAF or stored_pgno != pgno:
+    if ptype != PAGE_LEAF or stored_pgno != pgno or n == 0:
         return None
     lens_end = _HDR_SIZE + 4 * n
-    found = _LAYOUTS.get(buf[_HDR_SIZE:lens_end])
-    if found is None or found[2][-1] > len(buf):
+    if lens_end > len(buf):
         return None
+    layout = buf[_HDR_SIZE:lens_end]
+    found = _LAYOUTS.get(layout)
+    if found is not None:
+        voffs = found[2]
+        if voffs[-1] > len(buf):
+            return None
+    else:
+        lens = _array("H", 2 * n).unpack_from(buf, _HDR_SIZE)
+        if max(lens[n:]) >= VALUE_OVERFLOW_BIT:
+            return None
+        _learn(layout, lens, n, pgno)
+        koffs = tuple(accumulate(lens[:n], initial=lens_end))
+        voffs = tuple(accumulate(lens[n:], initial=koffs[-1]))
+        if voffs[-1] > len(buf):
+            return None
     if verify:
         (stored,) = CHECKSUM.unpack_from(buf, 0)
         if crc32c(memoryview(buf)[4:]) != stored:
             return None
-    vals = PageValues(buf, found[2])  # indexable by position, which is all a lookup needs
-    return Node(found[1].unpack_from(buf, lens_end), vals, None, pgno, txn)  # type: ignore[arg-type]
+    # PageSlices are indexable by position, which is all a lookup needs
+    keys = found[1].unpack_from(buf, lens_end) if found is not None else PageSlices(buf, koffs)
+    return Node(keys, PageSlices(buf, voffs), None, pgno, txn)  # type: ignore[arg-type]
 
 
 def decode(buf: bytes, pgno: int) -> Node:
@@ -252,7 +270,7 @@ def decode(buf: bytes, pgno: int) -> Node:
             fields = cells.unpack_from(buf, lens_end)
             return Node(fields[:n], fields[n:], None, pgno, txn)
         lens = _array("H", 2 * n).unpack_from(buf, _HDR_SIZE)
-        _learn(layout, lens, n)
+        _learn(layout, lens, n, pgno)
         koffs = list(accumulate(lens[:n], initial=lens_end))
         vlens = [(_OVF_INLINE if vl & VALUE_OVERFLOW_BIT else vl) for vl in lens[n:]]
         voffs = list(accumulate(vlens, initial=koffs[-1]))

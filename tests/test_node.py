@@ -30,6 +30,7 @@ from kvmap.format import (
 )
 from kvmap.meta import Meta
 from kvmap.node import (
+    _LAYOUTS,
     Node,
     Ovf,
     branch_size,
@@ -261,6 +262,10 @@ def test_a_learned_layout_still_checks_the_page_bounds() -> None:
         same(decode(page, 3), big)
     n = len(big.keys)
     lens = page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 4 * n]
+    assert lens not in _LAYOUTS  # read again, one page does not count twice
+    other = Node(big.keys, big.vals, None, 4, 1)
+    same(decode(encode(other, 4096), 4), other)
+    assert lens in _LAYOUTS  # seen on a second page: compiled
     with pytest.raises(CorruptionError, match="past the end"):
         decode(_sealed(PAGE_LEAF, n, lens + bytes(512 - PAGE_HEADER_SIZE - 4 * n)), 3)
 
@@ -367,7 +372,8 @@ def _learned_leaf(pgno: int, klen: int, vlen: int, n: int) -> tuple[Node, bytes]
                 None, pgno, 7)  # fmt: skip
     page = encode(node, 4096)
     decode(page, pgno)
-    decode(page, pgno)  # the second decode compiles the layout
+    decode(encode(Node(node.keys, node.vals, None, pgno + 1, 7), 4096), pgno + 1)
+    assert page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 4 * n] in _LAYOUTS  # seen on two pages
     return node, page
 
 
@@ -384,8 +390,8 @@ def test_peek_reads_a_learned_leaf_like_decode() -> None:
 
 
 def test_peek_declines_what_it_cannot_read_cheaply() -> None:
-    """None means "decode it": a branch, a layout not seen twice, overflow values, a page
-    that says it is another page, or (when verifying) a bad checksum."""
+    """None means "decode it": a branch, an empty leaf, overflow values, a page that says
+    it is another page, or (when verifying) a bad checksum."""
     _, page = _learned_leaf(5, 11, 37, 20)
     assert peek(page, 6, True) is None  # the header names page 5
     damaged = bytearray(page)
@@ -396,9 +402,7 @@ def test_peek_declines_what_it_cannot_read_cheaply() -> None:
     assert peek(bytes(damaged), 5, False) is not None  # the caller verified it before
     branch = encode(Node([b"", b"m"], None, [3, 4], 5, 7), 4096)
     assert peek(branch, 5, True) is None
-    once = encode(Node([b"a" * 97], [b"b" * 211], None, 5, 7), 4096)  # a layout seen once
-    decode(once, 5)
-    assert peek(once, 5, True) is None
+    assert peek(encode(Node([], [], None, 5, 7), 4096), 5, True) is None  # an empty leaf
     ovf = encode(Node([b"k" * 9] * 2, [b"v" * 8, Ovf(42)], None, 5, 7), 4096)
     for _ in range(3):
         decode(ovf, 5)
@@ -411,3 +415,27 @@ def test_peek_checks_that_a_learned_layout_fits_the_page() -> None:
     lens = page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 4 * n]
     small = _sealed(PAGE_LEAF, n, lens + bytes(512 - PAGE_HEADER_SIZE - 4 * n))
     assert peek(small, 3, True) is None
+
+
+def test_peek_reads_a_layout_never_seen_before() -> None:
+    node = Node([b"a" * 97, b"b" * 3], [b"x" * 211, b"y"], None, 5, 7)  # a unique layout
+    got = peek(encode(node, 4096), 5, True)
+    assert got is not None
+    assert list(got.keys) == node.keys and [got.vals[0], got.vals[1]] == node.vals
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 300), st.binary(max_size=512 - PAGE_HEADER_SIZE))
+def test_peek_never_reads_what_decode_rejects(n: int, body: bytes) -> None:
+    """On sealed nonsense, peek either declines or reads exactly what decode reads."""
+    page = _sealed(PAGE_LEAF, n, body)
+    try:
+        want: Node | None = decode(page, 3)
+    except CorruptionError:
+        want = None
+    for _ in range(2):  # the second time, the layout may be compiled
+        got = peek(page, 3, True)
+        if got is not None:
+            assert want is not None
+            assert list(got.keys) == list(want.keys)
+            assert [got.vals[i] for i in range(len(got.keys))] == list(want.vals)  # type: ignore[arg-type]
