@@ -78,11 +78,13 @@ from .wal import (
     decode_header,
     encode_frame,
     encode_put_frame,
+    frame_length,
     list_wals,
     read_wal,
     read_wal_header,
     read_wal_tail,
     scan_frames,
+    used_end,
 )
 
 SYNC_MODES = ("full", "normal", "off")
@@ -158,6 +160,7 @@ os.register_at_fork(after_in_child=_reset_refresher_after_fork)
 # report.
 _FOLLOWERS: weakref.WeakSet[Database] = weakref.WeakSet()
 _REFRESH_INTERVAL = 1.0  # seconds
+_TAIL_CHUNK = 4096  # a follower's first read of the WAL per look (doubled while frames go on)
 _refresher_pid = 0
 _refresher_lock = threading.Lock()
 
@@ -465,12 +468,13 @@ class Database:
             try:
                 salt, wstart = decode_header(buf, path)
             except CorruptionError:
-                # Harmless when the file holds no frames (a crash while it was being
-                # created) or when the next file starts within what is already recovered
-                # (every frame this one could hold is covered); otherwise commits would be
-                # skipped silently, so it is an error.
+                # Harmless when the file holds no frames (nothing but the zeros of its
+                # allocated space after the header: a crash while it was being created,
+                # before its first frame was synced) or when the next file starts within
+                # what is already recovered (every frame this one could hold is covered);
+                # otherwise commits would be skipped silently, so it is an error.
                 covered = i + 1 < len(wals) and wals[i + 1][0] <= seq
-                if len(buf) > WAL_HEADER_SIZE and not covered:
+                if used_end(buf) > WAL_HEADER_SIZE and not covered:
                     raise
                 self._stale_wals.append(path)
                 continue
@@ -636,7 +640,7 @@ class Database:
                 if pub.txnid != self._seen.txnid or self._tail is None:
                     new = self._rebuild(state)
                 else:
-                    new = self._follow_wal(state, pub.wal_start)
+                    new = self._follow_wal(state, pub.wal_start, pub.seq)
             except (FileNotFoundError, _TreeMoved):
                 # A checkpoint deleted the WAL being read, after writing the meta that covers
                 # it: start again from the newest tree.
@@ -697,14 +701,19 @@ class Database:
             return True
         return _read_meta_fd(self._fs, fd, data)[0].txnid != meta.txnid
 
-    def _follow_wal(self, state: State, wal_start: int) -> State:
-        """The frames appended to the WAL since the last look (and to newer WAL files)."""
+    def _follow_wal(self, state: State, wal_start: int, target: int) -> State:
+        """The frames appended to the WAL since the last look (and to newer WAL files), up
+        to commit ``target`` (what the writer published).  The log is read in growing
+        chunks from where the last look ended, so a look costs about what was appended,
+        and a file's allocated tail (zeros, see kvmap/wal.py) is never read beyond one
+        chunk."""
         path, salt, wstart, offset = self._tail  # type: ignore[misc]
         seq, entries = state.seq, state.entries
         mem = state.mems[0]
         keep_old = self._has_readers()
+        size = _TAIL_CHUNK
         while True:
-            head, buf = read_wal_tail(self._fs, path, offset)  # what was appended since
+            head, buf = read_wal_tail(self._fs, path, offset, size)
             try:
                 if decode_header(head, path)[0] != salt:
                     raise _TreeMoved  # a new writer process made a new file of that name
@@ -714,7 +723,12 @@ class Database:
             seq, entries, offset = _replay(state, mem, buf, offset, salt, wstart, seq, entries,
                                            keep_old, base=start)  # fmt: skip
             self._tail = (path, salt, wstart, offset)
-            if wal_start == wstart or offset < start + len(buf):
+            if seq < target and len(buf) == size:  # this file may hold more frames
+                need = frame_length(buf, offset - start)
+                if offset > start or need > len(buf):
+                    size = max(2 * size, need)
+                    continue  # read on from the end of the last whole frame
+            if wal_start == wstart or seq >= target:
                 break  # the file the writer appends to (or a torn tail: wait for more)
             nxt = [(s, p) for s, p in list_wals(self.path) if s > wstart]
             if not nxt or nxt[0][0] > seq:
@@ -722,6 +736,7 @@ class Database:
             wstart, path = nxt[0]
             salt, wstart = decode_header(read_wal_header(self._fs, path), path)
             offset = WAL_HEADER_SIZE
+            size = _TAIL_CHUNK
         return State(state.meta, state.pager, state.freelist, seq, state.mems, entries)
 
     def readers(self, clear_stale: bool = False) -> list[ReaderInfo]:
@@ -1150,7 +1165,7 @@ class Database:
             "high_water_mark": meta.hwm,
             "free_pages": counts["free"],
             "file_size": state.pager.file_size(),
-            "wal_size": wal.size if wal is not None else _wal_bytes(self.path),
+            "wal_size": wal.size if wal is not None else _wal_bytes(self._fs, self.path),
             "memtable_keys": sum(len(m) for m in state.mems),
             "commit_seq": state.seq,
             "checkpoint_seq": meta.wal_seq,
@@ -1361,12 +1376,13 @@ def _replay(
     return seq, entries, end
 
 
-def _wal_bytes(directory: str) -> int:
-    """Bytes in the WAL files on disk (what a handle that does not write sees)."""
+def _wal_bytes(fs: fileio.FileSystem, directory: str) -> int:
+    """Bytes of the WAL files up to the end of their frames, headers included (what a
+    handle that does not write sees; the writer's count is ``WalWriter.size``)."""
     total = 0
     for _, path in list_wals(directory):
         try:
-            total += os.path.getsize(path)
+            total += used_end(read_wal(fs, path))
         except FileNotFoundError:
             pass  # deleted by a checkpoint meanwhile
     return total

@@ -1,10 +1,13 @@
 """The one file layer: every write, sync, truncate, rename and mmap kvmap performs.
 
-Nothing else in kvmap calls ``os.pwrite``, ``os.fsync``, ``os.ftruncate``, ``os.replace`` or
-``mmap.mmap`` directly; they all go through the :class:`FileSystem` that is *installed*.
-Tests install a subclass that records the operations (to build crash states) or fails the
-N-th one (fault injection) with :func:`installed`.  Mappings are read-only: pages reach the
-file only through :meth:`FileSystem.pwrite`.
+Nothing else in kvmap calls ``os.pwrite``, ``os.fsync``, ``os.ftruncate``,
+``os.posix_fallocate``, ``os.replace`` or ``mmap.mmap`` directly, nor stores into a writable
+mapping; they all go through the :class:`FileSystem` that is *installed*.  Tests install a
+subclass that records the operations (to build crash states) or fails the N-th one (fault
+injection) with :func:`installed`.  Data-file mappings are read-only: pages reach the file
+only through :meth:`FileSystem.pwrite`.  WAL frames reach the file through
+:meth:`FileSystem.store` into a writable shared mapping of space allocated beforehand
+(:meth:`FileSystem.allocate`), so a store can never fail, or fault, for want of disk space.
 """
 
 from __future__ import annotations
@@ -84,6 +87,30 @@ class FileSystem:
     def mmap(self, fd: int, length: int, offset: int) -> mmap.mmap:
         """Map ``length`` bytes of the file at ``offset``, read-only."""
         return mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
+
+    def allocate(self, fd: int, size: int) -> None:
+        """Grow the file to ``size`` bytes of allocated, zeroed blocks (not a hole: a store
+        through a mapping into a hole that the disk cannot back would be a SIGBUS).  Raises
+        ``OSError`` (``ENOSPC`` when the disk is full)."""
+        have = self.size(fd)
+        if size <= have:
+            return
+        fallocate = getattr(os, "posix_fallocate", None)
+        if fallocate is not None:
+            fallocate(fd, have, size - have)
+        else:  # pragma: no cover - platforms without posix_fallocate: write the zeros
+            self.pwrite(fd, bytes(size - have), have)
+
+    def mmap_log(self, fd: int, length: int) -> _mmap.mmap:
+        """Map the first ``length`` bytes of a WAL file read-write and shared: frames are
+        stored through it with :meth:`store`, and reach the page cache with no system
+        call (``fdatasync`` of the file makes them durable, as for ``pwrite``)."""
+        return _mmap.mmap(fd, length, access=_mmap.ACCESS_WRITE)
+
+    def store(self, m: _mmap.mmap, fd: int, offset: int, data: bytes) -> None:
+        """Store ``data`` at ``offset`` of file ``fd`` through its writable mapping ``m``
+        (which must cover it).  A write to the OS like :meth:`pwrite`, but never fails."""
+        m[offset : offset + len(data)] = data
 
     def mmap_shared(self, fd: int, length: int) -> _mmap.mmap:
         """Map the first ``length`` bytes read-write and shared (the lock file only: it is

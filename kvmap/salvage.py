@@ -77,7 +77,7 @@ from .format import (
 from .meta import Meta, peek_page_size
 from .meta import decode as decode_meta
 from .node import Node, Ovf, decode, run_header, run_pages, run_payload
-from .wal import decode_header, list_wals, read_wal, scan_frames
+from .wal import decode_header, list_wals, read_wal, scan_frames, used_end
 
 __all__ = ["SalvageReport", "Salvaged", "recover", "salvage"]
 
@@ -545,7 +545,7 @@ def _read_frames(path: str, report: SalvageReport) -> dict[int, list[Op]]:
         try:
             salt, start = decode_header(buf, name)
         except CorruptionError as exc:
-            if len(buf) > WAL_HEADER_SIZE:
+            if used_end(buf) > WAL_HEADER_SIZE:
                 report.wal_problems.append(f"{exc}: its frames are skipped")
             continue
         end = WAL_HEADER_SIZE
@@ -553,9 +553,9 @@ def _read_frames(path: str, report: SalvageReport) -> dict[int, list[Op]]:
         for seq, ops, fend in scan_frames(buf, WAL_HEADER_SIZE, salt, start, max_key):
             frames.setdefault(seq, ops)
             end = fend
-        if end < len(buf):
+        if end < used_end(buf):  # (the zeros of the file's allocated tail are not damage)
             report.wal_problems.append(
-                f"{name}: {len(buf) - end:,} byte(s) after the last valid frame ignored "
+                f"{name}: {used_end(buf) - end:,} byte(s) after the last valid frame ignored "
                 "(a torn tail or damage)"
             )
     return frames

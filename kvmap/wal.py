@@ -17,10 +17,24 @@ Sync modes (design.md "Durability modes"), applied by :meth:`WalWriter.append`:
 ``full`` writes and ``fdatasync``\\s before the commit returns; ``normal`` writes the frame
 to the OS (it survives a crash of the process); ``off`` keeps frames in a process buffer,
 written when it fills, on ``sync()``, checkpoint and close.
+
+Design note: frames are stored through a mapping, not written.  A ``pwrite`` per commit
+(~0.6 µs, plus ~0.3 µs of Python around it) was a quarter of a one-put commit.  The writer
+instead allocates the file ahead of the frames (zeroed blocks from ``posix_fallocate``,
+16 KiB at first, doubling up to 8 MiB at a time) and maps it shared and writable, so
+"writing a frame to the OS" is a ``memcpy`` into the page cache: a crash of the process
+loses nothing stored, and ``fdatasync`` makes the stores durable as it does written data
+(the page cache is the same).  Allocated blocks, unlike a hole from ``ftruncate``, cannot
+fail a store (a full disk would be a SIGBUS): the disk space is claimed, and ``ENOSPC``
+raised, by the allocation, before any store.  The file therefore ends in zeros past the
+last frame, which replay reads as the end of the log (a frame's length is never 0); a
+follower reads the log in chunks and stops at the commit the writer published, not at the
+end of the file.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import secrets
 import struct
@@ -49,6 +63,9 @@ _HEAD_SIZE = WAL_FRAME_HEAD.size
 _OP = WAL_OP
 _OP_SIZE = WAL_OP.size
 OFF_BUFFER = 1 << 20  # sync="off" writes its buffer when it passes this many bytes
+_LENGTH = struct.Struct(WAL_FRAME_HEAD.format[:2])  # a frame's first field, its length
+FIRST_ALLOCATION = 16 << 10  # a new WAL's allocated (and mapped) size...
+MAX_GROWTH = 8 << 20  # ...doubled as frames fill it, by at most this much at a time
 
 
 def wal_name(start_seq: int) -> str:
@@ -198,9 +215,12 @@ def scan_frames(
 
 
 class WalWriter:
-    """Appends frames to one WAL file.  Not thread-safe: the write lock serialises it."""
+    """Appends frames to one WAL file, through a writable mapping of its allocated space
+    (see the design note).  Not thread-safe: the write lock serialises it."""
 
-    __slots__ = ("fs", "fd", "path", "salt", "start_seq", "offset", "buffer", "synced")
+    __slots__ = (
+        "fs", "fd", "path", "salt", "start_seq", "offset", "buffer", "synced", "map", "mapped",
+    )  # fmt: skip
 
     def __init__(self, fs: FileSystem, fd: int, path: str, salt: int, start_seq: int,
                  offset: int) -> None:  # fmt: skip
@@ -212,11 +232,14 @@ class WalWriter:
         self.offset = offset  # file offset where the next frame goes (after the buffer)
         self.buffer = bytearray()
         self.synced = True
+        self.map: mmap.mmap | None = None  # of the first `mapped` bytes of the file
+        self.mapped = 0
 
     @classmethod
     def create(cls, fs: FileSystem, directory: str, start_seq: int) -> WalWriter:
         """Create (or replace) the WAL continuing from ``start_seq``, header synced, and
-        the directory entry synced.  Raises ``OSError``."""
+        the directory entry synced; then allocate and map its first frames' space.
+        Raises ``OSError``."""
         path = os.path.join(directory, wal_name(start_seq))
         fd = fs.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
@@ -224,10 +247,24 @@ class WalWriter:
             fs.pwrite(fd, encode_header(salt, start_seq), 0)
             fs.fdatasync(fd)
             fs.fsync_dir(directory)
+            wal = cls(fs, fd, path, salt, start_seq, WAL_HEADER_SIZE)
+            wal._grow(FIRST_ALLOCATION)
         except BaseException:
             fs.close(fd)
             raise
-        return cls(fs, fd, path, salt, start_seq, WAL_HEADER_SIZE)
+        return wal
+
+    def _grow(self, need: int) -> None:
+        """Allocate and map at least ``need`` bytes: double the mapping (at most
+        ``MAX_GROWTH`` more), in whole 4 KiB pages.  Raises ``OSError``."""
+        size = max(need, self.mapped + min(self.mapped, MAX_GROWTH))
+        size = -(-size // 4096) * 4096
+        self.fs.allocate(self.fd, size)
+        old, self.map, self.mapped = self.map, None, 0
+        if old is not None:
+            old.close()
+        self.map = self.fs.mmap_log(self.fd, size)
+        self.mapped = size
 
     @property
     def size(self) -> int:
@@ -236,7 +273,8 @@ class WalWriter:
 
     def append(self, frame: bytes, sync: str) -> None:
         """Append one frame under ``sync`` mode ("full" also needs :meth:`sync`, which the
-        caller runs outside the write lock for group commit).  Raises ``OSError``."""
+        caller runs outside the write lock for group commit).  Raises ``OSError`` (when
+        more space cannot be allocated or mapped)."""
         self.synced = False
         if sync == "off":
             self.buffer += frame
@@ -246,22 +284,29 @@ class WalWriter:
         if self.buffer:
             self.buffer += frame
             self.flush()
-        else:
-            if _FAILPOINT:
-                if _FAILPOINT == "wal-mid-frame":
-                    self.fs.pwrite(self.fd, frame[: len(frame) // 2], self.offset)
-                    failpoint("wal-mid-frame")
-            self.fs.pwrite(self.fd, frame, self.offset)
-            self.offset += len(frame)
+            return
+        offset = self.offset
+        end = offset + len(frame)
+        if end > self.mapped:
+            self._grow(end)
+        if _FAILPOINT:
+            if _FAILPOINT == "wal-mid-frame":
+                self.fs.store(self.map, self.fd, offset, frame[: len(frame) // 2])  # type: ignore[arg-type]
+                failpoint("wal-mid-frame")
+        self.fs.store(self.map, self.fd, offset, frame)  # type: ignore[arg-type]
+        self.offset = end
         if _FAILPOINT:
             failpoint("wal-before-sync")
 
     def flush(self) -> None:
-        """Write buffered frames to the OS.  Raises ``OSError``."""
+        """Store buffered frames in the file.  Raises ``OSError``."""
         if self.buffer:
             data = bytes(self.buffer)
-            self.fs.pwrite(self.fd, data, self.offset)
-            self.offset += len(data)
+            end = self.offset + len(data)
+            if end > self.mapped:
+                self._grow(end)
+            self.fs.store(self.map, self.fd, self.offset, data)  # type: ignore[arg-type]
+            self.offset = end
             self.buffer.clear()
 
     def sync(self) -> None:
@@ -271,7 +316,11 @@ class WalWriter:
         self.synced = True
 
     def close(self) -> None:
-        """Close the descriptor (buffered frames are lost: call :meth:`flush` first)."""
+        """Unmap and close the descriptor (buffered frames are lost: call :meth:`flush`
+        first)."""
+        if self.map is not None:
+            m, self.map, self.mapped = self.map, None, 0
+            m.close()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             self.fs.close(fd)
@@ -286,15 +335,40 @@ def read_wal(fs: FileSystem, path: str) -> bytes:
         fs.close(fd)
 
 
-def read_wal_tail(fs: FileSystem, path: str, start: int) -> tuple[bytes, bytes]:
-    """(the header bytes, the bytes from offset ``start`` on) of a WAL file that a follower
-    has read up to ``start``: a catch-up costs what was appended, not the whole file.
-    Raises ``OSError``."""
+def read_wal_tail(fs: FileSystem, path: str, start: int, size: int) -> tuple[bytes, bytes]:
+    """(the header bytes, up to ``size`` bytes from offset ``start``) of a WAL file that a
+    follower has read up to ``start``: a catch-up costs what was appended, not the whole
+    file (nor its allocated tail).  Raises ``OSError``."""
     fd = fs.open(path, os.O_RDONLY)
     try:
-        return fs.pread(fd, WAL_HEADER_SIZE, 0), _read_from(fs, fd, start)
+        return fs.pread(fd, WAL_HEADER_SIZE, 0), fs.pread(fd, size, start)
     finally:
         fs.close(fd)
+
+
+def used_end(buf: bytes) -> int:
+    """Where the bytes of a WAL file's contents ``buf`` end: its length, less the zeros of
+    its allocated tail (see the design note; a frame ending in zero bytes ends a little
+    later).  A file whose header is damaged held frames only if something follows the
+    header here.
+
+    >>> used_end(b"head" + bytes(10)), used_end(b"head" + bytes(1) + b"x" + bytes(3))
+    (4, 6)
+    """
+    return len(buf.rstrip(b"\0"))
+
+
+def frame_length(buf: bytes, pos: int) -> int:
+    """The length a frame starting at ``pos`` of ``buf`` claims (0 if ``buf`` ends before
+    the field): how much a follower must read to see whether the frame is whole.
+
+    >>> frame = encode_frame(7, 1, [(b"k", b"v")])
+    >>> frame_length(frame, 0) == len(frame), frame_length(frame[:3], 0)
+    (True, 0)
+    """
+    if pos + 8 > len(buf):
+        return 0
+    return int(_LENGTH.unpack_from(buf, pos)[0])
 
 
 def read_wal_header(fs: FileSystem, path: str) -> bytes:

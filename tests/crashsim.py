@@ -7,8 +7,9 @@ How it works
 1. **Record.**  A workload runs on a real database through :class:`RecordingFS`, a
    :class:`kvmap.fileio.FileSystem` that performs every operation for real *and* appends
    each mutating one to a trace: ``create`` (an ``open`` with ``O_CREAT`` that made a new
-   file), ``write`` (``pwrite``, with its bytes), ``truncate`` (also an ``O_TRUNC`` open of
-   an existing file), ``fsync``/``fdatasync``, ``rename``, ``unlink`` and ``fsync_dir``.
+   file), ``write`` (``pwrite``, or a WAL frame's store through its mapping, with its
+   bytes), ``truncate`` (also an ``O_TRUNC`` open of an existing file, and the allocation
+   of WAL space), ``fsync``/``fdatasync``, ``rename``, ``unlink`` and ``fsync_dir``.
    Files are tracked as *inodes*, not names: a descriptor keeps writing to the same inode
    after a rename (``compact()`` does exactly that), and an unlinked or replaced file
    keeps its contents in case the directory operation is reverted.  The directory's files
@@ -292,6 +293,26 @@ class RecordingFS(fileio.FileSystem):
             fd,
             lambda: super(RecordingFS, self).truncate(fd, size),
             lambda inode: Op("truncate", inode, size=size),
+        )
+
+    def allocate(self, fd: int, size: int) -> None:
+        """WAL space: recorded as the size change it is (the new bytes read as zeros)."""
+        if size <= self.size(fd):
+            return
+        self._mutate(
+            fd,
+            lambda: super(RecordingFS, self).allocate(fd, size),
+            lambda inode: Op("truncate", inode, size=size),
+        )
+
+    def store(self, m: Any, fd: int, offset: int, data: bytes) -> None:
+        """A WAL frame stored through the writable mapping: a write to the OS, like
+        ``pwrite`` (and synced by the file's ``fdatasync`` like one)."""
+        data = bytes(data)
+        self._mutate(
+            fd,
+            lambda: super(RecordingFS, self).store(m, fd, offset, data),
+            lambda inode: Op("write", inode, offset=offset, data=data),
         )
 
     def fsync(self, fd: int) -> None:

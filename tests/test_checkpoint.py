@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -226,7 +227,8 @@ def test_pages_freed_while_a_snapshot_was_open_are_reused_after_it_closes(
 class GateFS(fileio.FileSystem):
     """Records (operation, file name) and, once armed, makes the first ``fdatasync`` of a
     file whose name starts with ``gate_prefix`` wait until ``release()`` returns True (or
-    ``timeout`` seconds pass)."""
+    ``timeout`` seconds pass).  Writes through ``pwrite`` and WAL stores through a mapping
+    are both logged as "pwrite"."""
 
     def __init__(self, gate_prefix: str = "", release: Callable[[], bool] | None = None,
                  timeout: float = 20.0) -> None:  # fmt: skip
@@ -246,6 +248,12 @@ class GateFS(fileio.FileSystem):
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> None:
         super().pwrite(fd, data, offset)
+        if self.armed:
+            self.log.append(("pwrite", self.names.get(fd, "?")))
+
+    def store(self, m: Any, fd: int, offset: int, data: bytes) -> None:
+        """A WAL frame stored through the file's mapping: logged as a write ("pwrite")."""
+        super().store(m, fd, offset, data)
         if self.armed:
             self.log.append(("pwrite", self.names.get(fd, "?")))
 

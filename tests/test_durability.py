@@ -167,9 +167,11 @@ def test_sigkill_loses_no_acknowledged_commit(
 
 
 class FaultyFS(fileio.FileSystem):
-    """Counts ``pwrite``/``fdatasync`` (and ``truncate``/``mmap``: file growth) calls once
-    armed; the ``fail_at``-th call of ``op`` raises ``OSError(err)``.  With ``torn``, a
-    failing ``pwrite`` first writes half its data (a short write, as a full disk does)."""
+    """Counts ``pwrite``/``fdatasync`` (and ``truncate``/``allocate``/``mmap``: file growth)
+    calls once armed; the ``fail_at``-th call of ``op`` raises ``OSError(err)``.  With
+    ``torn``, a failing ``pwrite`` first writes half its data (a short write, as a full disk
+    does).  WAL frames are stored through a mapping of allocated space: a store cannot
+    fail, the allocation and the mapping before it can."""
 
     def __init__(self, op: str, fail_at: int, err: int, torn: bool = False) -> None:
         self.op = op
@@ -177,7 +179,7 @@ class FaultyFS(fileio.FileSystem):
         self.err = err
         self.torn = torn
         self.armed = False
-        self.calls = {"pwrite": 0, "fdatasync": 0, "truncate": 0, "mmap": 0}
+        self.calls = {"pwrite": 0, "fdatasync": 0, "truncate": 0, "allocate": 0, "mmap": 0}
         self.fired = False
 
     def _hit(self, op: str) -> bool:
@@ -209,10 +211,20 @@ class FaultyFS(fileio.FileSystem):
             self._raise()
         super().truncate(fd, size)
 
+    def allocate(self, fd: int, size: int) -> None:
+        if self._hit("allocate"):
+            self._raise()
+        super().allocate(fd, size)
+
     def mmap(self, fd: int, length: int, offset: int) -> mmap.mmap:
         if self._hit("mmap"):
             self._raise()
         return super().mmap(fd, length, offset)
+
+    def mmap_log(self, fd: int, length: int) -> mmap.mmap:
+        if self._hit("mmap"):
+            self._raise()
+        return super().mmap_log(fd, length)
 
 
 def _workload() -> list[list[tuple[bytes, bytes | None]]]:
@@ -299,15 +311,16 @@ FAULTS = [
     ("full", "fdatasync", errno.ENOSPC, False, 0),
     ("full", "truncate", errno.ENOSPC, False, 0),
     ("full", "mmap", errno.ENOMEM, False, 0),
+    ("full", "allocate", errno.ENOSPC, False, 0),
     ("normal", "pwrite", errno.ENOSPC, True, 0),
     ("normal", "pwrite", errno.EIO, False, 0),
     ("normal", "fdatasync", errno.EIO, False, 0),
     ("off", "pwrite", errno.ENOSPC, True, 0),
     # commits that only append a WAL frame (earlier commits must be replayed from the WAL)
-    ("full", "pwrite", errno.ENOSPC, True, WAL_ONLY),
-    ("full", "pwrite", errno.EIO, False, WAL_ONLY),
+    ("full", "allocate", errno.ENOSPC, False, WAL_ONLY),
+    ("full", "mmap", errno.ENOMEM, False, WAL_ONLY),
     ("full", "fdatasync", errno.EIO, False, WAL_ONLY),
-    ("normal", "pwrite", errno.ENOSPC, True, WAL_ONLY),
+    ("normal", "allocate", errno.ENOSPC, False, WAL_ONLY),
 ]
 
 

@@ -526,7 +526,7 @@ class DocLayouts:
 def decode_wal(doc: DocLayouts, raw: bytes) -> tuple[dict[str, Any], list[tuple[int, list[Any]]]]:
     """The header and the frames (seq, operations) of a WAL file, decoded by the doc's tables
     alone, asserting every rule of "Which frames count" on the way: the file must hold only
-    counting frames after its header."""
+    counting frames after its header, then the zeros of its allocated space."""
     hdr = doc.unpack("WAL_HEADER", raw)
     hdr_struct = doc.structs["WAL_HEADER"][0]
     assert hdr["magic"] == doc.consts["WAL_MAGIC"] == b"KVMAPWAL"
@@ -540,6 +540,8 @@ def decode_wal(doc: DocLayouts, raw: bytes) -> tuple[dict[str, Any], list[tuple[
     frames: list[tuple[int, list[Any]]] = []
     off, seq = size, hdr["start_seq"]
     while off < len(raw):
+        if raw[off:] == bytes(len(raw) - off):
+            break  # the rest of the file's allocated space
         f = doc.unpack("WAL_FRAME_HEAD", raw, off)
         end = off + f["length"]
         assert f["length"] >= head + 4 and end <= len(raw)

@@ -27,7 +27,7 @@ from kvmap import cli
 from kvmap.format import DATA_FILE, WAL_HEADER_SIZE
 from kvmap.node import Ovf, decode
 from kvmap.salvage import _Ranges, recover, salvage
-from kvmap.wal import list_wals
+from kvmap.wal import list_wals, used_end
 
 ROOT = Path(__file__).resolve().parent.parent
 PS = 512
@@ -287,7 +287,7 @@ def test_a_damaged_wal_frame(tmp_path: Path) -> None:
     b = build(tmp_path, "walbad", wal_frames=6)
     [(_, wal)] = list_wals(b.path)
     data = bytearray(Path(wal).read_bytes())
-    data[-10] ^= 0x40  # inside the last frame
+    data[used_end(bytes(data)) - 10] ^= 0x40  # inside the last frame (zeros follow it)
     Path(wal).write_bytes(bytes(data))
     found = recover(b.path)
     assert found.report.wal_frames == 5 and found.report.wal_problems

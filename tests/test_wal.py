@@ -31,10 +31,13 @@ from kvmap.format import (
     WAL_PREFIX,
 )
 from kvmap.wal import (
+    FIRST_ALLOCATION,
+    MAX_GROWTH,
     WalWriter,
     decode_header,
     encode_frame,
     encode_header,
+    frame_length,
     list_wals,
     read_wal,
     scan_frames,
@@ -327,12 +330,17 @@ def test_writer_appends_scannable_frames(tmp_path: os.PathLike[str], sync: str) 
         assert os.path.basename(w.path) == wal_name(5)
         for i, ops in enumerate(TXNS):
             w.append(encode_frame(w.salt, 6 + i, ops), sync)
-        if sync == "off":
-            assert os.path.getsize(w.path) == WAL_HEADER_SIZE  # buffered in the process
+        on_disk = read_wal(fs, w.path)
+        if sync == "off":  # buffered in the process: the allocated space is still zeros
+            assert on_disk[WAL_HEADER_SIZE:] == bytes(len(on_disk) - WAL_HEADER_SIZE)
+        else:  # stored through the mapping: in the file at once
+            assert on_disk[WAL_HEADER_SIZE : w.size] != bytes(w.size - WAL_HEADER_SIZE)
         w.flush()
         if sync == "full":
             w.sync()
-        assert w.size == os.path.getsize(w.path)
+        on_disk = read_wal(fs, w.path)
+        assert len(on_disk) == w.mapped == FIRST_ALLOCATION  # allocated ahead of the frames
+        assert on_disk[w.size :] == bytes(w.mapped - w.size)  # zeros after the last frame
     finally:
         w.close()
     buf = read_wal(fs, w.path)
@@ -361,9 +369,42 @@ def test_recreating_a_wal_replaces_its_frames(tmp_path: os.PathLike[str]) -> Non
     w2 = WalWriter.create(fs, d, 0)
     w2.close()
     buf = read_wal(fs, w2.path)
-    assert len(buf) == WAL_HEADER_SIZE
+    assert buf[WAL_HEADER_SIZE:] == bytes(len(buf) - WAL_HEADER_SIZE)
     salt, start = decode_header(buf)
     assert list(scan_frames(buf, WAL_HEADER_SIZE, salt, start)) == []
+
+
+def test_the_writer_allocates_ahead_and_grows(tmp_path: os.PathLike[str]) -> None:
+    """Frames go into allocated blocks (not a hole a full disk could not back), and the
+    allocation doubles (at least to what a big frame needs) as frames fill it."""
+    fs = fileio.FileSystem()
+    w = WalWriter.create(fs, os.fspath(tmp_path), 0)
+    sizes = [w.mapped]
+    frames = []
+    try:
+        for i in range(1, 400):
+            value = b"%d" % i * (30_000 if i == 300 else 30)  # one frame of ~100 KiB
+            frames.append((i, [(b"k%05d" % i, value)]))
+            w.append(encode_frame(w.salt, i, frames[-1][1]), "normal")
+            if w.mapped != sizes[-1]:
+                sizes.append(w.mapped)
+        st = os.stat(w.path)
+        assert st.st_size == w.mapped >= w.size
+        assert st.st_blocks * 512 >= st.st_size  # allocated, not sparse
+    finally:
+        w.close()
+    assert sizes[0] == FIRST_ALLOCATION and len(sizes) >= 4
+    assert all(b >= a + min(a, MAX_GROWTH) for a, b in zip(sizes, sizes[1:]))
+    buf = read_wal(fs, w.path)
+    got = [(seq, ops) for seq, ops, _ in scan_frames(buf, WAL_HEADER_SIZE, w.salt, 0)]
+    assert got == frames
+
+
+def test_frame_length_reads_the_claimed_length() -> None:
+    frame = encode_frame(3, 1, [(b"k", b"v" * 100)])
+    assert frame_length(frame, 0) == len(frame)
+    assert frame_length(b"x" + frame, 1) == len(frame)
+    assert frame_length(bytes(7), 0) == 0 and frame_length(bytes(8), 0) == 0
 
 
 # -- file naming -----------------------------------------------------------------------------
