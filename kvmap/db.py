@@ -649,8 +649,12 @@ class Database:
             self._state = new
             self._hold()
             if lock.published().txnid == pub.txnid:
-                self._seen = pub
-                self._seen_raw = _PUBLISHED_RAW.pack(pub.seq, pub.txnid, pub.wal_start)
+                # Frames are stores into shared memory, published by another store: a CPU
+                # that reorders stores may show the new sequence before the frame.  Commits
+                # not read yet leave the sequence unseen, so the next read looks again.
+                seen = pub if new.seq >= pub.seq else Published(new.seq, pub.txnid, pub.wal_start)
+                self._seen = seen
+                self._seen_raw = _PUBLISHED_RAW.pack(seen.seq, seen.txnid, seen.wal_start)
                 return new
 
     def _rebuild(self, state: State) -> State:
@@ -725,6 +729,8 @@ class Database:
             self._tail = (path, salt, wstart, offset)
             if seq < target and len(buf) == size:  # this file may hold more frames
                 need = frame_length(buf, offset - start)
+                if need > 2 * size and need > os.path.getsize(path) - offset:
+                    need = 0  # a length the file cannot hold: damage, not a frame
                 if offset > start or need > len(buf):
                     size = max(2 * size, need)
                     continue  # read on from the end of the last whole frame

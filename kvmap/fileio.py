@@ -7,7 +7,10 @@ subclass that records the operations (to build crash states) or fails the N-th o
 injection) with :func:`installed`.  Data-file mappings are read-only: pages reach the file
 only through :meth:`FileSystem.pwrite`.  WAL frames reach the file through
 :meth:`FileSystem.store` into a writable shared mapping of space allocated beforehand
-(:meth:`FileSystem.allocate`), so a store can never fail, or fault, for want of disk space.
+(:meth:`FileSystem.allocate`), so on a file system that writes in place (ext4, XFS) a full
+disk stops a commit at the allocation, with ``ENOSPC``, never at a store.  (A store cannot
+report an error: on a copy-on-write file system (btrfs, ZFS), or if the disk fails to read
+a WAL page back, the kernel signals SIGBUS instead; see docs/guide/limits.md.)
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class FileSystem:
 
     def store(self, m: _mmap.mmap, fd: int, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset`` of file ``fd`` through its writable mapping ``m``
-        (which must cover it).  A write to the OS like :meth:`pwrite`, but never fails."""
+        (which must cover it).  A write to the OS like :meth:`pwrite`, with no system call
+        and no error to report (see the module docstring for what that leaves)."""
         m[offset : offset + len(data)] = data
 
     def mmap_shared(self, fd: int, length: int) -> _mmap.mmap:

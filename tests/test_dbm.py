@@ -484,3 +484,13 @@ def test_repr(path: str) -> None:
     assert path in repr(db)
     db.close()
     assert "closed" in repr(db)
+
+
+def test_the_mode_file_layer_delegates_every_operation() -> None:
+    """``kvmap.dbm`` wraps the installed file layer to apply ``mode``: every operation must
+    go to that layer (a test's recorder or fault injector), none to the default."""
+    from kvmap import fileio
+    from kvmap.dbm import _ModeFS
+
+    public = {n for n, v in vars(fileio.FileSystem).items() if callable(v) and n[0] != "_"}
+    assert public <= set(vars(_ModeFS)), public - set(vars(_ModeFS))

@@ -379,8 +379,8 @@ def _learned_leaf(pgno: int, klen: int, vlen: int, n: int) -> tuple[Node, bytes]
 
 def test_peek_reads_a_learned_leaf_like_decode() -> None:
     node, page = _learned_leaf(5, 13, 41, 30)
-    for verify in (True, False):
-        got = peek(page, 5, verify)
+    for _ in range(2):
+        got = peek(page, 5)
         assert got is not None
         assert got.kids is None and (got.pgno, got.txn) == (5, 7)
         assert list(got.keys) == node.keys
@@ -391,22 +391,21 @@ def test_peek_reads_a_learned_leaf_like_decode() -> None:
 
 def test_peek_declines_what_it_cannot_read_cheaply() -> None:
     """None means "decode it": a branch, an empty leaf, overflow values, a page that says
-    it is another page, or (when verifying) a bad checksum."""
+    it is another page, or a bad checksum."""
     _, page = _learned_leaf(5, 11, 37, 20)
-    assert peek(page, 6, True) is None  # the header names page 5
+    assert peek(page, 6) is None  # the header names page 5
     damaged = bytearray(page)
     damaged[-1] ^= 1
-    assert peek(bytes(damaged), 5, True) is None
+    assert peek(bytes(damaged), 5) is None
     with pytest.raises(CorruptionError, match="checksum"):
         decode(bytes(damaged), 5)
-    assert peek(bytes(damaged), 5, False) is not None  # the caller verified it before
     branch = encode(Node([b"", b"m"], None, [3, 4], 5, 7), 4096)
-    assert peek(branch, 5, True) is None
-    assert peek(encode(Node([], [], None, 5, 7), 4096), 5, True) is None  # an empty leaf
+    assert peek(branch, 5) is None
+    assert peek(encode(Node([], [], None, 5, 7), 4096), 5) is None  # an empty leaf
     ovf = encode(Node([b"k" * 9] * 2, [b"v" * 8, Ovf(42)], None, 5, 7), 4096)
     for _ in range(3):
         decode(ovf, 5)
-    assert peek(ovf, 5, True) is None
+    assert peek(ovf, 5) is None
 
 
 def test_peek_checks_that_a_learned_layout_fits_the_page() -> None:
@@ -414,12 +413,12 @@ def test_peek_checks_that_a_learned_layout_fits_the_page() -> None:
     n = len(node.keys)
     lens = page[PAGE_HEADER_SIZE : PAGE_HEADER_SIZE + 4 * n]
     small = _sealed(PAGE_LEAF, n, lens + bytes(512 - PAGE_HEADER_SIZE - 4 * n))
-    assert peek(small, 3, True) is None
+    assert peek(small, 3) is None
 
 
 def test_peek_reads_a_layout_never_seen_before() -> None:
     node = Node([b"a" * 97, b"b" * 3], [b"x" * 211, b"y"], None, 5, 7)  # a unique layout
-    got = peek(encode(node, 4096), 5, True)
+    got = peek(encode(node, 4096), 5)
     assert got is not None
     assert list(got.keys) == node.keys and [got.vals[0], got.vals[1]] == node.vals
 
@@ -434,7 +433,7 @@ def test_peek_never_reads_what_decode_rejects(n: int, body: bytes) -> None:
     except CorruptionError:
         want = None
     for _ in range(2):  # the second time, the layout may be compiled
-        got = peek(page, 3, True)
+        got = peek(page, 3)
         if got is not None:
             assert want is not None
             assert list(got.keys) == list(want.keys)

@@ -43,6 +43,7 @@ import pytest
 import kvmap
 from kvmap import fileio
 from kvmap.format import DATA_FILE, LOCK_FILE, LOCK_HEADER_SIZE, LOCK_SLOT, LOCK_SLOT_SIZE
+from kvmap.wal import list_wals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(kvmap.__file__)))
 
@@ -1413,6 +1414,28 @@ def test_a_follower_reads_a_backlog_and_frames_bigger_than_its_first_read(
             assert ro.get(b"s299") == b"x" * 50 and ro.get(b"big2") == big[::-1]
             assert len(ro) == len(db) == 303
             assert dict(ro.items()) == dict(db.items())
+
+
+def test_a_follower_stops_at_a_frame_length_the_file_cannot_hold(db_path: str) -> None:
+    """The length field of the next frame is damaged to 2**45: the follower must not try
+    to read that much (MemoryError), but stop there, as replay stops at any bad frame."""
+    with kvmap.open(db_path, sync="normal", checkpoint_size=1 << 30) as w:
+        for i in range(5):
+            w[b"k%d" % i] = b"v"
+        with kvmap.open(db_path, readonly=True) as r:
+            assert len(r) == 5
+            assert w._wal is not None
+            off = w._wal.offset
+            w[b"k5"] = b"v" * 5000  # a frame longer than the follower's first read
+            w[b"k6"] = b"v"
+            [(_, path)] = list_wals(db_path)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.pwrite(fd, (1 << 45).to_bytes(8, "little"), off)
+            finally:
+                os.close(fd)
+            assert len(r) == 5 and r.get(b"k4") == b"v" and r.get(b"k5") is None
+            assert len(r) == 5  # looked again (the writer published more): still stops
 
 
 def test_follower_catch_up_reads_only_what_was_appended(db_path: str) -> None:
