@@ -5,7 +5,8 @@ process (so nothing large is pickled between processes):
 
 - ``keys``: ``n`` distinct random 16-byte keys, in random order (the order of random puts);
   ``missing``: ``n`` more that are never loaded; one random value of ``--value-size`` bytes
-  (``value``) and a second one (``value2``) that the mixed workload and the writer store.
+  (``value``) and a second one (``value2``) that the mixed workload and the writer store
+  (both update loaded keys, so the main database keeps its ``n`` keys).
 - An engine's workloads run in one child process per repetition (:func:`engine_child`), in
   this order: a warm-up on a scratch database (untimed), the bulk load (the "main"
   database), the reads on it (gets, missing gets, full scan, short scans), the mixed
@@ -672,7 +673,9 @@ def _reader_job(conn: Connection, held: _Held, seconds: float) -> dict[str, Any]
 def _writer_job(conn: Connection, cls: AdapterT, ds: Dataset, path: str) -> dict[str, Any]:
     db = cls(path, "normal")
     try:
-        keys, value = ds.missing, ds.value2
+        # Updates of random loaded keys: the database keeps its n keys while the readers
+        # read (new keys would grow it by every commit the writer makes, faster engines more).
+        keys, value = ds.shuffled("writer"), ds.value2
         n = len(keys)
         put, poll = db.put, conn.poll
         conn.send(("ready",))
