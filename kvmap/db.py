@@ -38,7 +38,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from threading import get_ident
-from typing import Any
+from typing import Any, NoReturn
 
 from . import fileio
 from .btree import MISSING, Builder
@@ -544,9 +544,9 @@ class Database:
         state = self._state
         if state is None:
             self._raise_unusable()
-        return state  # type: ignore[return-value]
+        return state
 
-    def _raise_unusable(self) -> None:
+    def _raise_unusable(self) -> NoReturn:
         if self._forked:
             raise DatabaseClosedError(
                 f"{self.path}: this handle was inherited across fork(); open the database "
@@ -831,13 +831,13 @@ class Database:
             state = self._state
             if state is None:
                 self._raise_unusable()
-            seq = state.seq + 1  # type: ignore[union-attr]
+            seq = state.seq + 1
             wal = self._wal
             assert wal is not None
             # 1. existence
             delta = 0
             for k, v in ops:
-                delta += (v is not None) - (get_value(state, k, MISSING, False) is not MISSING)  # type: ignore[arg-type]
+                delta += (v is not None) - (get_value(state, k, MISSING, False) is not MISSING)
             # 2. the frame (one put, the commonest commit, packs with one struct call)
             if len(ops) == 1 and (put := ops[0])[1] is not None:
                 frame = encode_put_frame(wal.salt, seq, put[0], put[1])
@@ -848,9 +848,9 @@ class Database:
             except BaseException as exc:
                 raise self._fail(exc, "WAL write") from exc
             # 3. every registered snapshot and in-flight read is older than this commit
-            state.mems[0].apply(seq, ops, self._has_readers())  # type: ignore[union-attr]
+            state.mems[0].apply(seq, ops, self._has_readers())
             # 4. publish
-            self._state = state = state.advance(seq, state.entries + delta)  # type: ignore[union-attr]
+            self._state = state = state.advance(seq, state.entries + delta)
             if not wal.buffer:  # every frame up to this one reached the OS
                 self._written_seq = seq
                 lock = self._lock
@@ -870,7 +870,7 @@ class Database:
             if wal is None:
                 self._raise_unusable()
             try:
-                self._fs.fdatasync(wal.fd)  # type: ignore[union-attr]
+                self._fs.fdatasync(wal.fd)
             except BaseException as exc:
                 raise self._fail(exc, "WAL sync") from exc
             self._synced_seq = max(self._synced_seq, target)
@@ -916,7 +916,7 @@ class Database:
                 break
             state = now
         try:
-            return get_value(state, key, default)  # type: ignore[arg-type]
+            return get_value(state, key, default)
         finally:
             getters[ident] = None
 

@@ -15,7 +15,7 @@ Design note: lookups past a full cache.  When a tree is several times the cache,
 lookups miss, and a miss that decodes a leaf (~2 µs), caches it and later frees the node it
 evicts (~2 µs more) costs far more than the lookup.  So :meth:`visit`, the lookup path,
 never evicts: once the cache is full, a leaf it misses is *peeked* (its keys unpacked in one
-C call, its values left in the page copy, ~0.5 µs) for that lookup only, and the cache keeps
+C call, its values left in the page copy, ~1 µs) for that lookup only, and the cache keeps
 what it holds.  A uniform random workload hits the cache as often as with any eviction
 policy (the cached fraction of the leaves); a shifting hot set pays the peek, not a decode,
 on each miss.  A peek verifies the page's checksum every time (~0.3 µs): it reads the

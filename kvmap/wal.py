@@ -24,12 +24,13 @@ instead allocates the file ahead of the frames (zeroed blocks from ``posix_fallo
 16 KiB at first, doubling up to 8 MiB at a time) and maps it shared and writable, so
 "writing a frame to the OS" is a ``memcpy`` into the page cache: a crash of the process
 loses nothing stored, and ``fdatasync`` makes the stores durable as it does written data
-(the page cache is the same).  Allocated blocks, unlike a hole from ``ftruncate``, cannot
-fail a store (a full disk would be a SIGBUS): the disk space is claimed, and ``ENOSPC``
-raised, by the allocation, before any store.  The file therefore ends in zeros past the
-last frame, which replay reads as the end of the log (a frame's length is never 0); a
-follower reads the log in chunks and stops at the commit the writer published, not at the
-end of the file.
+(the page cache is the same).  A store cannot report an error: a full disk would be a
+SIGBUS.  So the space is allocated blocks, not a hole from ``ftruncate``: on ext4 or XFS the
+disk space is claimed, and ``ENOSPC`` raised, by the allocation, before any store (on a
+copy-on-write file system it is not: see docs/guide/limits.md).  The file ends in zeros
+past the last frame, which replay reads as the end of the log (a frame's length is never
+0); a follower reads the log in chunks and stops at the commit the writer published, not
+at the end of the file.
 """
 
 from __future__ import annotations
@@ -284,17 +285,16 @@ class WalWriter:
         if self.buffer:
             self.buffer += frame
             self.flush()
-            return
-        offset = self.offset
-        end = offset + len(frame)
-        if end > self.mapped:
-            self._grow(end)
-        if _FAILPOINT:
-            if _FAILPOINT == "wal-mid-frame":
+        else:  # flush(), inlined for the commonest commit
+            offset = self.offset
+            end = offset + len(frame)
+            if end > self.mapped:
+                self._grow(end)
+            if _FAILPOINT == "wal-mid-frame":  # a crash test ends the process mid-store
                 self.fs.store(self.map, self.fd, offset, frame[: len(frame) // 2])  # type: ignore[arg-type]
                 failpoint("wal-mid-frame")
-        self.fs.store(self.map, self.fd, offset, frame)  # type: ignore[arg-type]
-        self.offset = end
+            self.fs.store(self.map, self.fd, offset, frame)  # type: ignore[arg-type]
+            self.offset = end
         if _FAILPOINT:
             failpoint("wal-before-sync")
 
