@@ -65,9 +65,9 @@ from .wal import list_wals
 
 __all__ = ["open", "error", "open_flags", "KvmapDbm"]
 
-#: The flag letters :func:`open` accepts (first one of ``rwcn``, then any of ``fsu``), as in
-#: :data:`dbm.gnu.open_flags`.
 open_flags = "rwcnfsu"
+"""The flag letters :func:`open` accepts (first one of ``rwcn``, then any of ``fsu``), as in
+:data:`dbm.gnu.open_flags`."""
 
 _Key = bytes | bytearray | memoryview | str
 
